@@ -24,6 +24,7 @@ import torch
 
 __all__ = [
     "ImageSet",
+    "select_indices",
     "write_image_h5",
     "read_image_h5",
     "to_tensor",
@@ -54,10 +55,15 @@ class ImageSet:
 
     def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
         """The first ``n`` images of a seeded permutation (all images when ``n`` is None)."""
-        if n is None or n >= len(self):
-            return self
-        index = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        index = select_indices(len(self), n, seed)
         return ImageSet(self.images[index], self.labels[index], {**self.attrs, "subset_seed": seed})
+
+
+def select_indices(total: int, n: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` of ``total`` items, a seeded choice (all items when ``n`` is None or ≥ total)."""
+    if n is None or n >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).permutation(total)[:n])
 
 
 def write_image_h5(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, **attrs: Any) -> None:

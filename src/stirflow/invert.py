@@ -1,0 +1,251 @@
+"""Representation inversion: images that a layer cannot tell apart from the given ones.
+
+The method of STIR (Nanda et al., ICML 2022) as its reference code runs it: start from noise,
+minimise the relative L2 distance ``‖a(X') − a(X)‖ / ‖a(X)‖`` per sample with unconstrained,
+per-sample normalised gradient steps ``x ← clamp(x − η·g/‖g‖₂, 0, 1)``, and keep each sample's
+lowest-loss iterate. Only the input receives gradients; the model stays in eval mode.
+
+Samples never interact (ViTs have no batch statistics), so a batch can be split into chunks, and
+inversions through different blocks of one model can share a pass (:func:`invert_blocks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = [
+    "START_TYPES",
+    "InversionResult",
+    "NonFiniteLossError",
+    "inversion_start",
+    "relative_loss",
+    "descend",
+    "invert",
+    "invert_fn",
+    "invert_blocks",
+    "save_inversion",
+    "load_inversion",
+]
+
+log = logging.getLogger(__name__)
+
+START_TYPES = ("noise", "shared_noise", "uniform", "black", "white")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """An inversion produced a NaN or infinite loss."""
+
+
+@dataclass
+class InversionResult:
+    """Inverted images (N, C, H, W) in [0, 1]; best and starting relative loss per sample (N,)."""
+
+    images: torch.Tensor
+    losses: torch.Tensor
+    start_losses: torch.Tensor
+    history: list[float] = field(default_factory=list)  # mean best loss every ``log_every`` steps
+
+
+def inversion_start(x: torch.Tensor, start: str = "noise", seed: int = 0) -> torch.Tensor:
+    """The starting images X'₀, shaped like ``x`` (N, C, H, W), drawn from a generator seeded with ``seed``.
+
+    ``noise``: i.i.d. standard normal per pixel and image (the reference "super-noise", clamped
+    to [0, 1] by the first step); ``shared_noise``: one such image for all; ``uniform``: U[0, 1];
+    ``black`` / ``white``: constant 0 / 1. Drawn on the CPU so every device starts identically.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    shape = tuple(x.shape)
+    if start == "noise":
+        x0 = torch.randn(shape, generator=gen)
+    elif start == "shared_noise":
+        x0 = torch.randn((1, *shape[1:]), generator=gen).expand(shape).clone()
+    elif start == "uniform":
+        x0 = torch.rand(shape, generator=gen)
+    elif start == "black":
+        x0 = torch.zeros(shape)
+    elif start == "white":
+        x0 = torch.ones(shape)
+    else:
+        raise ValueError(f"unknown inversion start {start!r}; expected one of {START_TYPES}")
+    return x0.to(device=x.device, dtype=x.dtype)
+
+
+def relative_loss(rep: torch.Tensor, target: torch.Tensor, p: float = 2.0, eps: float = 1e-12) -> torch.Tensor:
+    """Per-sample ``‖rep − target‖_p / ‖target‖_p`` for representations (N, ...) → (N,)."""
+    diff = (rep - target).flatten(1).float()
+    return torch.linalg.vector_norm(diff, ord=p, dim=1) / (
+        torch.linalg.vector_norm(target.flatten(1).float(), ord=p, dim=1) + eps)
+
+
+def descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, steps: int,
+            step_size: float = 0.5, log_every: int = 0, label: str = "") -> InversionResult:
+    """Minimise the per-sample losses ``loss_fn(x) → (N,)`` from ``x0`` (N, C, H, W).
+
+    Each step moves every sample by ``step_size`` along its own normalised negative gradient and
+    clamps to [0, 1]; each sample's lowest-loss iterate is returned. A non-finite loss raises
+    :class:`NonFiniteLossError` naming the step rather than returning garbage.
+    """
+    x = x0.detach().clone()
+    best = x.clamp(0, 1)
+    best_loss = torch.full((x.shape[0],), math.inf, device=x.device)
+    start_loss = None
+    history: list[float] = []
+    view = (-1,) + (1,) * (x.dim() - 1)
+    for step in range(steps + 1):
+        x.requires_grad_(True)
+        loss = loss_fn(x)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(f"{label}inversion loss is not finite at step {step} "
+                                     f"({int((~torch.isfinite(loss)).sum())} of {len(loss)} samples)")
+        with torch.no_grad():
+            if step > 0:  # the raw start may lie outside [0, 1]; only clamped iterates are candidates
+                improved = loss < best_loss
+                best_loss = torch.where(improved, loss, best_loss)
+                best[improved] = x[improved]
+            else:
+                start_loss = loss.detach().clone()
+        if log_every and (step % log_every == 0 or step == steps) and step > 0:
+            history.append(float(best_loss.mean()))
+            log.info("%sstep %d/%d  mean loss %.4f  mean best %.4f", label, step, steps,
+                     float(loss.detach().mean()), float(best_loss.mean()))
+        if step == steps:
+            break
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        with torch.no_grad():
+            norm = grad.flatten(1).norm(dim=1).view(view)
+            x = (x - step_size * grad / (norm + 1e-10)).clamp_(0, 1)
+    if steps == 0:
+        best_loss = start_loss
+    return InversionResult(best.detach(), best_loss.detach(), start_loss, history)
+
+
+def invert_fn(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, steps: int, step_size: float = 0.5,
+              seed: int = 0, start: str = "noise", norm_p: float = 2.0, batch_size: int | None = None,
+              log_every: int = 0, label: str = "") -> InversionResult:
+    """Invert ``fn`` at images ``x`` (N, C, H, W in [0, 1]), in chunks of ``batch_size`` images.
+
+    The start is drawn for the whole set before chunking, so results do not depend on the chunk size.
+    """
+    x0 = inversion_start(x, start, seed)
+    batch_size = batch_size or len(x)
+    parts = []
+    for lo in range(0, len(x), batch_size):
+        xs = x[lo:lo + batch_size]
+        with torch.no_grad():
+            target = fn(xs).detach()
+        parts.append(descend(lambda z: relative_loss(fn(z), target, norm_p), x0[lo:lo + batch_size],
+                             steps=steps, step_size=step_size, log_every=log_every, label=label))
+    return InversionResult(torch.cat([r.images for r in parts]), torch.cat([r.losses for r in parts]),
+                           torch.cat([r.start_losses for r in parts]), parts[0].history)
+
+
+def invert(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, steps: int, step_size: float = 0.5,
+           seed: int = 0, **options) -> torch.Tensor:
+    """X' (shaped like ``x``, in [0, 1]) that ``fn`` maps close to ``fn(x)``, found from seeded noise.
+
+    ``options``: ``start``, ``norm_p``, ``batch_size``, ``log_every`` (see :func:`invert_fn`).
+    """
+    return invert_fn(fn, x, steps=steps, step_size=step_size, seed=seed, **options).images
+
+
+def invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, step_size: float = 0.5,
+                  seed: int = 0, start: str = "noise", representation: str = "tokens", norm_p: float = 2.0,
+                  chunk_size: int | None = None, log_every: int = 0, label: str = "") -> dict[int, InversionResult]:
+    """Invert several blocks of one :class:`~stirflow.models.StirViT` in shared passes.
+
+    The images for all blocks are stacked (block-major) and descended together; each sample's loss is
+    taken at its own block, and a sample leaves the forward pass after its block, so no block is
+    run further than needed. ``chunk_size`` bounds the images × blocks in one pass (GPU memory).
+    Every block starts from the same seeded noise as a one-block inversion with ``seed`` would.
+    """
+    from .models import pool_tokens
+
+    blocks = sorted(set(int(b) for b in blocks))
+    n = len(x)
+    with torch.no_grad():
+        outs = model.block_outputs(x, blocks[-1])
+        targets = torch.cat([pool_tokens(outs[b - 1], representation, model.num_prefix_tokens).flatten(1)
+                             for b in blocks])
+    stacked_x0 = inversion_start(x, start, seed).repeat(len(blocks), 1, 1, 1)
+    block_of = torch.tensor(blocks, device=x.device).repeat_interleave(n)
+
+    def loss_on(sl: slice) -> Callable[[torch.Tensor], torch.Tensor]:
+        sample_blocks = block_of[sl]
+        present = sorted(set(sample_blocks.tolist()))
+
+        def loss_fn(z: torch.Tensor) -> torch.Tensor:
+            h = model.embed(z)
+            losses = torch.empty(len(z), device=z.device)
+            alive = torch.arange(len(z), device=z.device)
+            for depth, block in enumerate(model.vit.blocks[:present[-1]], start=1):
+                h = block(h)
+                if depth in present:
+                    mine = sample_blocks[alive] == depth
+                    rep = pool_tokens(h[mine], representation, model.num_prefix_tokens)
+                    idx = alive[mine]
+                    losses = losses.index_put((idx,), relative_loss(rep, targets[sl][idx], norm_p))
+                    h, alive = h[~mine], alive[~mine]  # these samples are done: stop their forward pass
+            return losses
+
+        return loss_fn
+
+    total = len(stacked_x0)
+    chunk_size = chunk_size or total
+    parts = []
+    for lo in range(0, total, chunk_size):
+        sl = slice(lo, min(lo + chunk_size, total))
+        parts.append(descend(loss_on(sl), stacked_x0[sl], steps=steps, step_size=step_size,
+                             log_every=log_every, label=label))
+    images = torch.cat([r.images for r in parts])
+    losses = torch.cat([r.losses for r in parts])
+    start_losses = torch.cat([r.start_losses for r in parts])
+    return {b: InversionResult(images[k * n:(k + 1) * n], losses[k * n:(k + 1) * n],
+                               start_losses[k * n:(k + 1) * n]) for k, b in enumerate(blocks)}
+
+
+# --------------------------------------------------------------------------- storage
+
+def save_inversion(path, result: InversionResult, indices, **attrs) -> None:
+    """Write an inversion to HDF5 (atomically): ``images`` (N, C, H, W) float32, ``losses``,
+    ``start_losses``, ``indices`` (which test images were inverted), the settings as attributes."""
+    import os
+    from pathlib import Path
+
+    import h5py
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("images", data=result.images.float().cpu().numpy(), compression="gzip", compression_opts=1)
+        f.create_dataset("losses", data=result.losses.float().cpu().numpy())
+        f.create_dataset("start_losses", data=result.start_losses.float().cpu().numpy())
+        f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
+        f.create_dataset("history", data=np.asarray(result.history, dtype=np.float64))
+        for key, value in attrs.items():
+            f.attrs[key] = value if value is not None else "none"
+    os.replace(tmp, path)
+
+
+def load_inversion(path) -> tuple[torch.Tensor, dict]:
+    """``(images (N, C, H, W) float32, {"losses", "indices", attrs...})``; a bad file names itself."""
+    from pathlib import Path
+
+    import h5py
+
+    from .data import DataFileError
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            images = torch.from_numpy(f["images"][...])
+            info = {"losses": f["losses"][...], "indices": f["indices"][...], **dict(f.attrs)}
+    except (OSError, KeyError) as err:
+        raise DataFileError(f"{path}: cannot read inversion ({err})") from err
+    return images, info

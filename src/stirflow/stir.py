@@ -1,0 +1,137 @@
+"""STIR: shared invariance between two representations, and the matrices built from it.
+
+``STIR(b | a) = CKA(b(X), b(X'))`` with ``X'`` inverted through ``a`` (:mod:`stirflow.invert`).
+For one pretrained model ``p`` and one finetuned checkpoint ``f`` (DESIGN §2):
+
+* ``flow[i, j] = STIR(f_j | p_i)`` — where block i's pretrained invariances live in ``f``;
+* ``flow_reverse[i, j] = STIR(p_j | f_i)``;
+* ``forgetting = 1 − diag(flow)``, ``learning = 1 − diag(flow_reverse)``;
+* ``cka[i, j] = CKA(p_i(X), f_j(X))``;
+* ``within_ref[i, j] = STIR(p_j | p_i)``, ``within_eval[i, j] = STIR(f_j | f_i)``.
+
+Every matrix comes from L inversions per model: an inversion is reused by every score that needs
+it, and a score is a forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .cka import similarity
+from .invert import invert
+
+__all__ = ["stir", "block_features", "stir_matrix", "cka_matrix", "pair_scores", "save_scores", "load_scores"]
+
+
+def stir(fn_ref: Callable[[torch.Tensor], torch.Tensor], fn_eval: Callable[[torch.Tensor], torch.Tensor],
+         x: torch.Tensor, *, steps: int, step_size: float = 0.5, seed: int = 0,
+         similarity_options: Mapping[str, Any] | None = None, **invert_options) -> float:
+    """STIR(fn_eval | fn_ref) on images ``x`` (N, C, H, W in [0, 1]): CKA(fn_eval(x), fn_eval(X'))."""
+    x_inv = invert(fn_ref, x, steps=steps, step_size=step_size, seed=seed, **invert_options)
+    with torch.no_grad():
+        return similarity(fn_eval(x), fn_eval(x_inv), **dict(similarity_options or {}))
+
+
+@torch.no_grad()
+def block_features(model, images: torch.Tensor, blocks: Sequence[int], representation: str = "tokens",
+                   batch_size: int = 256) -> dict[int, torch.Tensor]:
+    """Block representations of ``images`` (N, C, H, W): ``{block: (N, F)}``, one pass per batch."""
+    from .models import pool_tokens
+
+    blocks = sorted(set(int(b) for b in blocks))
+    device = next(model.parameters()).device
+    parts: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
+    for lo in range(0, len(images), batch_size):
+        outs = model.block_outputs(images[lo:lo + batch_size].to(device), blocks[-1])
+        for b in blocks:
+            parts[b].append(pool_tokens(outs[b - 1], representation, model.num_prefix_tokens))
+    return {b: torch.cat(p) for b, p in parts.items()}
+
+
+def stir_matrix(model_eval, x: torch.Tensor, inverted: Mapping[int, torch.Tensor], blocks_eval: Sequence[int], *,
+                representation: str = "tokens", similarity_options: Mapping[str, Any] | None = None,
+                features_x: Mapping[int, torch.Tensor] | None = None) -> np.ndarray:
+    """``M[r, c] = CKA(e_c(x), e_c(X'_r))``: rows follow ``inverted`` (reference block → X'), columns ``blocks_eval``.
+
+    ``features_x`` may pass ``block_features(model_eval, x, ...)`` when the caller already has it.
+    """
+    options = dict(similarity_options or {})
+    fx = features_x or block_features(model_eval, x, blocks_eval, representation)
+    out = np.empty((len(inverted), len(blocks_eval)))
+    for r, x_inv in enumerate(inverted.values()):
+        fi = block_features(model_eval, x_inv, blocks_eval, representation)  # one pass for a whole row
+        for c, b in enumerate(blocks_eval):
+            out[r, c] = similarity(fx[b], fi[b], **options)
+    return out
+
+
+def cka_matrix(features_a: Mapping[int, torch.Tensor], features_b: Mapping[int, torch.Tensor],
+               similarity_options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """``C[i, j] = CKA(a_i(X), b_j(X))`` from the two models' block features on the same images."""
+    options = dict(similarity_options or {})
+    return np.array([[similarity(fa, fb, **options) for fb in features_b.values()] for fa in features_a.values()])
+
+
+def pair_scores(model_ref, model_eval, x: torch.Tensor, inverted_ref: Mapping[int, torch.Tensor],
+                inverted_eval: Mapping[int, torch.Tensor], *, representation: str = "tokens",
+                similarity_options: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """All §2 measures between a reference model ``p`` and a model ``f`` on images ``x``.
+
+    ``inverted_ref[i]`` is X' inverted through ``p``'s block i, ``inverted_eval[i]`` through ``f``'s;
+    both must cover the same blocks. Returns ``flow``, ``flow_reverse``, ``cka``, ``within_ref``,
+    ``within_eval`` (L×L) and ``forgetting``, ``learning`` (L,).
+    """
+    blocks = sorted(inverted_ref)
+    if sorted(inverted_eval) != blocks:
+        raise ValueError(f"inversions cover different blocks: {blocks} and {sorted(inverted_eval)}")
+    inv_ref = {b: inverted_ref[b] for b in blocks}
+    inv_eval = {b: inverted_eval[b] for b in blocks}
+    kw = dict(representation=representation, similarity_options=similarity_options)
+    fx_ref = block_features(model_ref, x, blocks, representation)
+    fx_eval = block_features(model_eval, x, blocks, representation)
+    flow = stir_matrix(model_eval, x, inv_ref, blocks, features_x=fx_eval, **kw)
+    flow_reverse = stir_matrix(model_ref, x, inv_eval, blocks, features_x=fx_ref, **kw)
+    return {
+        "flow": flow,
+        "flow_reverse": flow_reverse,
+        "forgetting": 1.0 - np.diag(flow),
+        "learning": 1.0 - np.diag(flow_reverse),
+        "cka": cka_matrix(fx_ref, fx_eval, similarity_options),
+        "within_ref": stir_matrix(model_ref, x, inv_ref, blocks, features_x=fx_ref, **kw),
+        "within_eval": stir_matrix(model_eval, x, inv_eval, blocks, features_x=fx_eval, **kw),
+    }
+
+
+def save_scores(path, scores: Mapping[str, np.ndarray], blocks: Sequence[int], **attrs) -> None:
+    """Write :func:`pair_scores`' arrays to HDF5 (atomically), with ``blocks`` and the settings as attributes."""
+    import os
+    from pathlib import Path
+
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("blocks", data=np.asarray(blocks, dtype=np.int64))
+        for key, value in scores.items():
+            f.create_dataset(key, data=np.asarray(value, dtype=np.float64))
+        for key, value in attrs.items():
+            f.attrs[key] = value
+    os.replace(tmp, path)
+
+
+def load_scores(path) -> tuple[dict[str, np.ndarray], dict]:
+    """``({name: array}, attrs)`` from a file written by :func:`save_scores`."""
+    import h5py
+
+    from .data import DataFileError
+
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: f[k][...] for k in f.keys()}, dict(f.attrs)
+    except OSError as err:
+        raise DataFileError(f"{path}: cannot read STIR scores ({err})") from err
