@@ -1,0 +1,259 @@
+"""Pretraining and finetuning, with a checkpoint after every epoch and exact resumption.
+
+Every random draw of epoch ``e`` (shuffling, augmentation, dropout) comes from generators seeded
+with ``(seed, e)``, so a run killed during epoch ``e`` and restarted from the state saved after
+epoch ``e − 1`` reproduces the uninterrupted run bit for bit on the CPU.
+
+Checkpoints are first written to a resume directory that the workflow does not manage, then
+hard-linked to their output paths: a job that dies loses its outputs (Snakemake removes them) but
+not the epochs it completed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import ImageSet, to_tensor
+from .models import StirViT, read_checkpoint, save_checkpoint
+
+__all__ = [
+    "TrainingError",
+    "make_optimizer",
+    "cosine_lr",
+    "augment",
+    "task_loss",
+    "evaluate",
+    "train",
+    "fingerprint",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a resume state that does not fit)."""
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW from ``cfg``: ``name``, ``lr``, ``momentum``, ``weight_decay``."""
+    name = cfg.get("name", "sgd")
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
+                               weight_decay=cfg.get("weight_decay", 1e-4))
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.05))
+    raise ValueError(f"unknown optimizer {name!r}; expected 'sgd' or 'adamw'")
+
+
+def cosine_lr(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+              schedule: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up, then cosine decay to 0 (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def augment(images: torch.Tensor, cfg: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
+    """Random translation (zero padding + crop) and optional horizontal flip of (N, C, H, W) images."""
+    pad = int(cfg.get("crop_padding", 0))
+    n, _, h, w = images.shape
+    if pad > 0:
+        padded = F.pad(images, (pad, pad, pad, pad), mode="reflect" if pad < min(h, w) else "constant")
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h)[None]).to(images.device)  # (N, H)
+        cols = (dx[:, None] + torch.arange(w)[None]).to(images.device)  # (N, W)
+        idx = torch.arange(n, device=images.device)[:, None, None]
+        images = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if cfg.get("hflip", False):
+        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    return images.contiguous()
+
+
+def task_loss(model: StirViT, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss, per-sample score): cross-entropy and correctness, or L1 and per-sample L1 error."""
+    out = model(images)
+    if model.task == "classification":
+        return F.cross_entropy(out, labels), (out.argmax(1) == labels).float()
+    target = model.resize(images)
+    per_sample = (out - target).abs().flatten(1).mean(1)
+    return per_sample.mean(), per_sample
+
+
+@torch.no_grad()
+def evaluate(model: StirViT, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
+             target_images: torch.Tensor | None = None) -> dict[str, float]:
+    """Loss and accuracy (classification) or L1 error (reconstruction) over a whole set.
+
+    ``images`` are float (N, C, H, W) in [0, 1] or uint8 (N, H, W, C). For reconstruction,
+    ``target_images`` (clean images, same format) replaces the input as the target — the
+    robustness measure: corrupted inputs against clean targets.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    total, score = 0.0, 0.0
+    for lo in range(0, len(images), batch_size):
+        xb = _as_float(images[lo:lo + batch_size]).to(device)
+        yb = labels[lo:lo + batch_size].to(device)
+        out = model(xb)
+        if model.task == "classification":
+            total += float(F.cross_entropy(out, yb, reduction="sum"))
+            score += float((out.argmax(1) == yb).sum())
+        else:
+            tgt = xb if target_images is None else _as_float(target_images[lo:lo + batch_size]).to(device)
+            err = (out - model.resize(tgt)).abs().flatten(1).mean(1)
+            total += float(err.sum())
+    n = len(images)
+    if model.task == "classification":
+        return {"loss": total / n, "accuracy": score / n}
+    return {"loss": total / n, "l1_error": total / n}
+
+
+def _as_float(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(images, np.ndarray) or images.dtype == torch.uint8:
+        return to_tensor(np.asarray(images))
+    return images
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of JSON-able settings and file contents (paths hashed by content)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, (str, os.PathLike)) and Path(part).is_file():
+            with open(part, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def train(model: StirViT, spec: Mapping[str, Any], train_set: ImageSet, test_set: ImageSet, cfg: Mapping[str, Any], *,
+          checkpoints: Sequence[str | os.PathLike], resume_dir: str | os.PathLike, run: str,
+          device: torch.device | str = "cpu", extra_fingerprint: Any = None) -> list[dict[str, Any]]:
+    """Train ``model`` for ``len(checkpoints) − 1`` epochs, saving ``checkpoints[e]`` after epoch ``e``.
+
+    ``checkpoints[0]`` is the model before training. ``cfg``: ``epochs``, ``batch_size``,
+    ``optimizer`` (see :func:`make_optimizer`), ``schedule`` (cosine or constant),
+    ``warmup_epochs``, ``augment`` (see :func:`augment`), ``seed``, ``eval_batch_size``.
+    State after each epoch goes to ``resume_dir`` (keyed by a fingerprint of ``spec``, ``cfg``
+    and ``extra_fingerprint``); a restarted job resumes after the last completed epoch.
+    Returns the per-epoch history (epoch, lr, train/test loss and accuracy or L1 error, seconds).
+    """
+    epochs = len(checkpoints) - 1
+    if epochs != cfg["epochs"]:
+        raise ValueError(f"{len(checkpoints)} checkpoint paths for {cfg['epochs']} epochs (need epochs + 1)")
+    seed = int(cfg.get("seed", 0))
+    device = torch.device(device)
+    resume_dir = Path(resume_dir) / fingerprint(spec, cfg, extra_fingerprint)
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+
+    x_train = torch.from_numpy(train_set.images)  # uint8 (N, H, W, C); converted per batch
+    y_train = torch.from_numpy(train_set.labels)
+    x_test, y_test = torch.from_numpy(test_set.images), torch.from_numpy(test_set.labels)
+    bs = int(cfg["batch_size"])
+    steps_per_epoch = max(1, len(x_train) // bs)  # drop the last partial batch: equal steps every epoch
+    optimizer = make_optimizer(model, cfg["optimizer"])
+    scheduler = cosine_lr(optimizer, epochs * steps_per_epoch,
+                          int(cfg.get("warmup_epochs", 0)) * steps_per_epoch, cfg.get("schedule", "cosine"))
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    state_path = resume_dir / "state.pt"
+    if state_path.is_file():
+        state = read_checkpoint(state_path, map_location=device)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+        log.info("%s: resuming after epoch %d from %s", run, state["epoch"], resume_dir)
+    for e in range(start_epoch):  # completed epochs: restore their outputs
+        _link_or_copy(resume_dir / f"epoch_{e:03d}.pt", Path(checkpoints[e]))
+
+    eval_bs = int(cfg.get("eval_batch_size", 256))
+    for epoch in range(start_epoch, epochs + 1):
+        t0 = time.time()
+        record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        if epoch > 0:
+            record.update(_train_epoch(model, x_train, y_train, optimizer, scheduler, cfg, seed, epoch,
+                                       steps_per_epoch, device, run))
+        else:
+            record.update({f"train_{k}": v for k, v in evaluate(model, x_train, y_train, eval_bs).items()})
+        record.update({f"test_{k}": v for k, v in evaluate(model, x_test, y_test, eval_bs).items()})
+        record["seconds"] = time.time() - t0
+        history.append(record)
+        log.info("%s: epoch %d/%d  %s", run, epoch, epochs,
+                 "  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
+        # weights-only checkpoint for the pipeline; full state (optimizer, schedule) for resumption
+        epoch_path = resume_dir / f"epoch_{epoch:03d}.pt"
+        save_checkpoint(epoch_path, model, dict(spec), run=run, epoch=epoch, metrics=record)
+        save_checkpoint(state_path, model, dict(spec), run=run, epoch=epoch, history=history,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+        _link_or_copy(epoch_path, Path(checkpoints[epoch]))
+    return history
+
+
+def _train_epoch(model: StirViT, x: torch.Tensor, y: torch.Tensor, optimizer, scheduler, cfg, seed: int,
+                 epoch: int, steps: int, device: torch.device, run: str) -> dict[str, float]:
+    model.train()
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    torch.manual_seed(seed * 1_000_003 + epoch)  # dropout / drop-path draws, if configured
+    order = torch.randperm(len(x), generator=gen)
+    bs = int(cfg["batch_size"])
+    total_loss, total_score, seen = 0.0, 0.0, 0
+    log_every = max(1, steps // 5)
+    for step in range(steps):
+        idx = order[step * bs:(step + 1) * bs]
+        xb = augment(to_tensor(x[idx].numpy()), cfg.get("augment", {}), gen).to(device)
+        yb = y[idx].to(device)
+        loss, score = task_loss(model, xb, yb)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"{run}: non-finite training loss ({float(loss)}) at epoch {epoch}, step {step}; "
+                                f"lower the learning rate (optimizer.lr = {cfg['optimizer']['lr']})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
+        optimizer.step()
+        scheduler.step()
+        total_loss += float(loss) * len(idx)
+        total_score += float(score.sum())
+        seen += len(idx)
+        if (step + 1) % log_every == 0:
+            log.info("%s: epoch %d step %d/%d loss %.4f", run, epoch, step + 1, steps, total_loss / seen)
+    key = "accuracy" if model.task == "classification" else "l1_error"
+    return {"train_loss": total_loss / seen, f"train_{key}": total_score / seen}
