@@ -1,0 +1,70 @@
+# Shared definitions: the validated config, output locations and the DAG's index sets.
+# Rules get their settings through `params:` from their own config sub-section only, so that
+# Snakemake's params trigger reruns exactly the jobs a config change affects.
+
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the library, also without `pip install`
+
+from stirflow.config import (
+    ConfigError,
+    model_spec,
+    run_config,
+    run_names,
+    stir_blocks,
+    stir_epochs,
+    training_settings,
+    validate_config,
+)
+from stirflow.plots import FIGURES
+from stirflow.workflow import code_version
+
+try:
+    _validated = validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+config.clear()
+config.update(_validated)
+
+RES = config["results_dir"]
+DATA = config["data_dir"]
+RUNS = run_names(config)
+EPOCHS = list(range(config["finetune"]["epochs"] + 1))
+STIR_EPOCHS = stir_epochs(config)
+BLOCKS = stir_blocks(config)
+PRETRAINED_WEIGHTS = config["pretrain"]["weights"]
+
+
+wildcard_constraints:
+    run="|".join(RUNS),
+    epoch=r"\d{3}",
+    block=r"\d{2}",
+    dataset=r"[A-Za-z0-9_.-]+",
+
+
+def code(*modules):
+    """A hash of the library modules a rule uses, or a constant when tracking is switched off."""
+    return code_version(modules) if config["track_code_changes"] else "untracked"
+
+
+def run_target(run):
+    return run_config(config, run)["target"]
+
+
+def dataset_files(name, split):
+    return f"{DATA}/{name}/{split}.h5"
+
+
+def checkpoint_path(run, epoch):
+    return f"{RES}/runs/{run}/checkpoints/epoch_{int(epoch):03d}.pt"
+
+
+def inversion_path(run, epoch, block):
+    return f"{RES}/runs/{run}/inversions/epoch_{int(epoch):03d}/block_{int(block):02d}.h5"
+
+
+def figure_files():
+    formats = config["figures"]["formats"]
+    return [f"{RES}/figures/{name}.{ext}" for name in FIGURES for ext in formats]

@@ -1,0 +1,49 @@
+# Aggregation of every score into one xarray Dataset, and the figures drawn from it alone.
+
+
+rule aggregate:
+    input:
+        stir=[f"{RES}/runs/{r}/stir/epoch_{e:03d}.h5" for r in RUNS for e in STIR_EPOCHS],
+        robustness=[f"{RES}/runs/{r}/robustness/epoch_{e:03d}.h5" for r in RUNS for e in EPOCHS],
+        histories=[f"{RES}/runs/{r}/history.json" for r in RUNS],
+    output:
+        summary=f"{RES}/summary.nc",
+        correlations=f"{RES}/tables/correlations.csv",
+    params:
+        runs=[run_config(config, r) for r in RUNS],
+        analysis=config["analysis"],
+        reference_run=config["robustness"]["reference_run"],
+        code=code("analysis"),
+    log:
+        f"{RES}/logs/aggregate/aggregate.log",
+    benchmark:
+        f"{RES}/benchmarks/aggregate/aggregate.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/aggregate.py"
+
+
+rule figures:
+    input:
+        summary=f"{RES}/summary.nc",
+    output:
+        [
+            report(f"{RES}/figures/{name}.{ext}", caption=f"../report/{name}.rst", category="Figures")
+            for name in FIGURES
+            for ext in config["figures"]["formats"]
+        ],
+    params:
+        figures=config["figures"],
+        directory=f"{RES}/figures",
+        code=code("plots"),
+    log:
+        f"{RES}/logs/figures/figures.log",
+    benchmark:
+        f"{RES}/benchmarks/figures/figures.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/figures.py"

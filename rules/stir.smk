@@ -1,0 +1,56 @@
+# STIR: one inversion per (checkpoint, block), reused by every score that needs it;
+# scores per (run, epoch) against the run's epoch 0 (the model before finetuning).
+
+INVERSION_KEYS = ("n_images", "image_seed", "steps", "step_size", "start", "representation", "norm_p",
+                  "seed", "batch_size", "log_every")
+
+
+rule invert:
+    input:
+        checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
+        images=lambda w: dataset_files(run_target(w.run), "test"),
+    output:
+        f"{RES}/runs/{{run}}/inversions/epoch_{{epoch}}/block_{{block}}.h5",
+    params:
+        stir={k: config["stir"][k] for k in INVERSION_KEYS},
+        compute=config["compute"],
+        code=code("invert", "models", "data"),
+    log:
+        f"{RES}/logs/invert/{{run}}/epoch_{{epoch}}_block_{{block}}.log",
+    benchmark:
+        f"{RES}/benchmarks/invert/{{run}}/epoch_{{epoch}}_block_{{block}}.tsv"
+    group:
+        "invert"
+    threads: config["compute"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    script:
+        "../scripts/invert.py"
+
+
+rule stir_scores:
+    input:
+        ref_checkpoint=lambda w: checkpoint_path(w.run, 0),
+        checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
+        ref_inversions=lambda w: [inversion_path(w.run, 0, b) for b in BLOCKS],
+        inversions=lambda w: [inversion_path(w.run, w.epoch, b) for b in BLOCKS],
+        images=lambda w: dataset_files(run_target(w.run), "test"),
+    output:
+        f"{RES}/runs/{{run}}/stir/epoch_{{epoch}}.h5",
+    params:
+        blocks=BLOCKS,
+        representation=config["stir"]["representation"],
+        similarity=config["stir"]["similarity"],
+        device=config["compute"]["device"],
+        code=code("stir", "cka", "models", "data"),
+    log:
+        f"{RES}/logs/stir_scores/{{run}}/epoch_{{epoch}}.log",
+    benchmark:
+        f"{RES}/benchmarks/stir_scores/{{run}}/epoch_{{epoch}}.tsv"
+    threads: config["compute"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    script:
+        "../scripts/stir_scores.py"

@@ -1,0 +1,65 @@
+# Training: pretraining on the source set, then finetuning every configured run
+# (from the pretrained weights or from scratch) with a checkpoint after every epoch.
+
+
+rule pretrain:
+    input:
+        train=dataset_files(config["pretrain"]["dataset"], "train"),
+        test=dataset_files(config["pretrain"]["dataset"], "test"),
+    output:
+        checkpoints=[f"{RES}/pretrain/checkpoints/epoch_{e:03d}.pt" for e in range(config["pretrain"]["epochs"] + 1)],
+        history=f"{RES}/pretrain/history.json",
+    params:
+        training=training_settings(config["pretrain"]),
+        model=config["model"],
+        resume_dir=f"{RES}/.resume/pretrain",
+        device=config["compute"]["device"],
+        code=code("training", "models", "data"),
+    log:
+        f"{RES}/logs/pretrain/pretrain.log",
+    benchmark:
+        f"{RES}/benchmarks/pretrain/pretrain.tsv"
+    threads: config["compute"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=600,
+    script:
+        "../scripts/pretrain.py"
+
+
+def finetune_inputs(w):
+    run = run_config(config, w.run)
+    inputs = {"train": dataset_files(run["target"], "train"), "test": dataset_files(run["target"], "test")}
+    if run["init"] == "pretrained":
+        weights = config["pretrain"]["weights"]
+        if weights is None:
+            inputs["init"] = f"{RES}/pretrain/checkpoints/epoch_{config['pretrain']['epochs']:03d}.pt"
+        elif weights.get("file"):
+            inputs["init"] = weights["file"]
+    return inputs
+
+
+rule finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        checkpoints=[f"{RES}/runs/{{run}}/checkpoints/epoch_{e:03d}.pt" for e in EPOCHS],
+        history=f"{RES}/runs/{{run}}/history.json",
+    params:
+        run=lambda w: run_config(config, w.run),
+        training=training_settings(config["finetune"]),
+        model=config["model"],
+        weights=PRETRAINED_WEIGHTS,
+        resume_dir=lambda w: f"{RES}/.resume/{w.run}",
+        device=config["compute"]["device"],
+        code=code("training", "models", "data"),
+    log:
+        f"{RES}/logs/finetune/{{run}}.log",
+    benchmark:
+        f"{RES}/benchmarks/finetune/{{run}}.tsv"
+    threads: config["compute"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=1440,
+    script:
+        "../scripts/finetune.py"

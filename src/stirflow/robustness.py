@@ -1,0 +1,139 @@
+"""Robustness: a fixed corrupted test set per target, and each checkpoint's score on it.
+
+The corrupted set is made once (``corrupt_dataset``): ``n_images`` test images chosen with a seed,
+every configured corruption × severity applied deterministically, stored as uint8 like
+CIFAR-10-C. Where a real corrupted set exists (CIFAR-10-C), the same images are taken from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from .data import DataFileError, ImageSet, read_image_h5, select_indices, to_tensor
+
+__all__ = ["make_corrupted_set", "save_corrupted_set", "load_corrupted_set", "CorruptedSet", "evaluate_robustness",
+           "save_robustness", "load_robustness"]
+
+
+class CorruptedSet:
+    """``clean`` (N, H, W, C) uint8, ``corrupted`` (K, S, N, H, W, C) uint8, ``labels`` (N,)."""
+
+    def __init__(self, clean: np.ndarray, corrupted: np.ndarray, labels: np.ndarray,
+                 corruptions: Sequence[str], severities: Sequence[int], attrs: Mapping[str, Any]):
+        self.clean, self.corrupted, self.labels = clean, corrupted, labels
+        self.corruptions, self.severities, self.attrs = list(corruptions), list(severities), dict(attrs)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] → (N, H, W, C) uint8, rounded like an image file would be."""
+    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_corrupted_set(test: ImageSet, corruptions: Sequence[str], severities: Sequence[int], n_images: int,
+                       seed: int, *, source_index: str | os.PathLike | None = None,
+                       device: torch.device | str = "cpu", log=None) -> CorruptedSet:
+    """Corrupt a seeded choice of ``n_images`` test images with every corruption × severity.
+
+    With ``source_index`` (the index.json of a prepared CIFAR-10-C), the corrupted images are read
+    from it at the same indices instead of generated; its labels must match the test set's.
+    """
+    from .corruptions import corrupt
+
+    index = select_indices(len(test), n_images, seed)
+    clean = test.images[index]
+    out = np.empty((len(corruptions), len(severities), *clean.shape), dtype=np.uint8)
+    x = to_tensor(clean).to(device)
+    files = json.loads(Path(source_index).read_text()) if source_index else None
+    for k, name in enumerate(corruptions):
+        for s, severity in enumerate(severities):
+            if files is not None:
+                key = f"{name}_{severity}"
+                if key not in files:
+                    raise DataFileError(f"{source_index}: no {key} (the corrupted source lacks this corruption)")
+                src = read_image_h5(Path(source_index).parent / files[key])
+                if len(src) != len(test) or not np.array_equal(src.labels[index], test.labels[index]):
+                    raise DataFileError(f"{files[key]}: its images do not line up with the test set")
+                out[k, s] = src.images[index]
+            else:
+                out[k, s] = _to_uint8(corrupt(x, name, severity, seed=seed))
+            if log:
+                log.info("corrupted %s severity %d", name, severity)
+    return CorruptedSet(clean, out, test.labels[index], corruptions, severities,
+                        {"seed": seed, "source": str(source_index or "stirflow.corruptions")})
+
+
+def save_corrupted_set(path: str | os.PathLike, cs: CorruptedSet, **attrs: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("clean", data=cs.clean)
+        f.create_dataset("corrupted", data=cs.corrupted, compression="gzip", compression_opts=1)
+        f.create_dataset("labels", data=cs.labels)
+        f.attrs["corruptions"] = json.dumps(cs.corruptions)
+        f.attrs["severities"] = json.dumps([int(s) for s in cs.severities])
+        for key, value in {**cs.attrs, **attrs}.items():
+            f.attrs[key] = value
+    os.replace(tmp, path)
+
+
+def load_corrupted_set(path: str | os.PathLike) -> CorruptedSet:
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+            return CorruptedSet(f["clean"][...], f["corrupted"][...], f["labels"][...],
+                                json.loads(attrs.pop("corruptions")), json.loads(attrs.pop("severities")), attrs)
+    except (OSError, KeyError) as err:
+        raise DataFileError(f"{path}: cannot read corrupted test set ({err})") from err
+
+
+def evaluate_robustness(model, cs: CorruptedSet, batch_size: int = 256) -> dict[str, Any]:
+    """Clean and per corruption × severity scores of ``model``.
+
+    Classification: ``clean_accuracy`` and ``accuracy`` (K, S). Reconstruction: ``clean_error``
+    and ``error`` (K, S), the L1 error of reconstructions of corrupted inputs against clean images.
+    """
+    from .training import evaluate
+
+    labels = torch.from_numpy(cs.labels)
+    clean = evaluate(model, cs.clean, labels, batch_size)
+    key = "accuracy" if model.task == "classification" else "l1_error"
+    scores = np.empty(cs.corrupted.shape[:2])
+    for k in range(scores.shape[0]):
+        for s in range(scores.shape[1]):
+            target = cs.clean if model.task == "reconstruction" else None
+            scores[k, s] = evaluate(model, cs.corrupted[k, s], labels, batch_size, target_images=target)[key]
+    name = "accuracy" if key == "accuracy" else "error"
+    return {f"clean_{name}": clean[key], name: scores}
+
+
+def save_robustness(path: str | os.PathLike, scores: Mapping[str, Any], cs: CorruptedSet, **attrs: Any) -> None:
+    """Write :func:`evaluate_robustness`' scores to HDF5 (atomically) with the corruption axes as attributes."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for key, value in scores.items():
+            f.create_dataset(key, data=np.asarray(value, dtype=np.float64))
+        f.attrs["corruptions"] = json.dumps(cs.corruptions)
+        f.attrs["severities"] = json.dumps([int(s) for s in cs.severities])
+        for key, value in attrs.items():
+            f.attrs[key] = value
+    os.replace(tmp, path)
+
+
+def load_robustness(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+            attrs["corruptions"] = json.loads(attrs["corruptions"])
+            attrs["severities"] = json.loads(attrs["severities"])
+            return {k: f[k][()] for k in f.keys()}, attrs
+    except (OSError, KeyError) as err:
+        raise DataFileError(f"{path}: cannot read robustness scores ({err})") from err
