@@ -4,12 +4,18 @@
     snakemake --configfile configs/paper.yaml --workflow-profile profiles/slurm
 """
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The embedded default applies only when no --configfile is given: a user's config file replaces it
+# whole (every default lives in the schema), so settings of the tiny default never leak into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 include: "rules/common.smk"

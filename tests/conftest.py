@@ -1,0 +1,81 @@
+"""Shared fixtures: Snakemake runs in subprocesses (its API runs its own event loop), and one
+completed run of configs/smoke.yaml per test session that tests copy instead of recomputing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+SMOKE_CONFIG = REPO / "configs" / "smoke.yaml"
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = SMOKE_CONFIG, check: bool = True,
+              timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the pipeline's Snakefile with ``workdir`` as working directory; output captured as text."""
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--workflow-profile", str(REPO / "profiles" / "default")]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    cmd += list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def write_config(path: Path, base: Path = SMOKE_CONFIG, **changes) -> Path:
+    """``base`` with nested changes, e.g. ``write_config(p, stir={"steps": 10})`` (dicts merge, lists replace)."""
+    config = yaml.safe_load(base.read_text())
+
+    def merge(dst, src):
+        for k, v in src.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                merge(dst[k], v)
+            else:
+                dst[k] = v
+
+    merge(config, changes)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def jobs_by_rule(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: {rule: count} (without 'total')."""
+    lines = dry_run_output.splitlines()
+    counts: dict[str, int] = {}
+    try:
+        start = next(i for i, line in enumerate(lines) if line.startswith("Job stats:"))
+    except StopIteration:
+        return counts
+    for line in lines[start + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        if parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """A working directory holding a completed run of configs/smoke.yaml (do not modify: copy it)."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path) -> Path:
+    """A private copy of the completed smoke run (timestamps and Snakemake metadata kept)."""
+    dst = tmp_path / "run"
+    shutil.copytree(smoke_run, dst, symlinks=True)
+    return dst

@@ -1,0 +1,93 @@
+"""The whole pipeline, run by Snakemake in a subprocess on configs/smoke.yaml, and the default DAG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from stirflow.config import load_config, run_names, stir_blocks, stir_epochs
+from stirflow.plots import FIGURES
+
+from conftest import REPO, SMOKE_CONFIG, jobs_by_rule, snakemake
+
+
+def expected_jobs(config: dict) -> dict[str, int]:
+    """Jobs per rule of a fresh run, computed from the config (the DAG's structure, DESIGN §4)."""
+    runs = run_names(config)
+    targets = {r["target"] for r in config["finetune"]["runs"]}
+    used = targets | ({config["pretrain"]["dataset"]} if config["pretrain"]["weights"] is None else set())
+    n_stir_epochs = len(stir_epochs(config))
+    n_blocks = len(stir_blocks(config))
+    n_epochs = config["finetune"]["epochs"] + 1
+    jobs = {
+        "prepare_dataset": len(used),
+        "corrupt_dataset": len(targets),
+        "finetune": len(runs),
+        "invert": len(runs) * n_stir_epochs * n_blocks,
+        "stir_scores": len(runs) * n_stir_epochs,
+        "robustness": len(runs) * n_epochs,
+        "aggregate": 1,
+        "figures": 1,
+        "all": 1,
+    }
+    if config["pretrain"]["weights"] is None:
+        jobs["pretrain"] = 1
+    return jobs
+
+
+def test_default_config_dag(tmp_path):
+    config = load_config(REPO / "config.yaml")
+    proc = snakemake(tmp_path, "-n", "--quiet", "rules", configfile=None)  # the embedded config.yaml
+    assert jobs_by_rule(proc.stdout) == expected_jobs(config)
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end(smoke_run):
+    config = load_config(SMOKE_CONFIG)
+    runs, blocks, epochs = run_names(config), stir_blocks(config), stir_epochs(config)
+    with xr.open_dataset(smoke_run / "results" / "summary.nc", engine="h5netcdf") as ds:
+        ds = ds.load()
+    assert list(ds.run.values) == runs
+    assert list(ds.layer.values) == blocks
+    assert list(ds.epoch.values) == list(range(config["finetune"]["epochs"] + 1))
+    assert list(ds.corruption.values) == config["robustness"]["corruptions"]
+    assert list(ds.severity.values) == config["robustness"]["severities"]
+    assert ds["flow"].dims == ("run", "epoch", "layer_ref", "layer_eval")
+    assert ds["forgetting"].dims == ("run", "epoch", "layer")
+    scored = ds.sel(epoch=epochs)
+    for name in ("forgetting", "learning", "flow", "flow_reverse", "cka", "within_ref", "within_eval",
+                 "clean_score", "corrupted_score", "robustness"):
+        values = (scored if name in ("forgetting", "learning", "flow", "flow_reverse", "cka", "within_ref",
+                                     "within_eval") else ds)[name].values
+        assert np.isfinite(values).all(), name
+        assert (values >= -1e-9).all() and (values <= 1 + 1e-9).all(), f"{name} outside [0, 1]"
+    # epoch 0 is the model before finetuning, compared with itself: nothing is forgotten
+    assert (ds["forgetting"].sel(epoch=0).values < 0.1).all(), ds["forgetting"].sel(epoch=0).values
+    # the flow matrix's diagonal is 1 - forgetting, by definition
+    diag = np.diagonal(ds["flow"].sel(epoch=epochs).values, axis1=-2, axis2=-1)
+    np.testing.assert_allclose(1 - diag, ds["forgetting"].sel(epoch=epochs).values)
+    for name in FIGURES:
+        path = smoke_run / "results" / "figures" / f"{name}.png"
+        assert path.is_file() and path.stat().st_size > 5000, path
+    assert (smoke_run / "results" / "tables" / "correlations.csv").is_file()
+    # every long step logged its progress
+    finetune_log = (smoke_run / "results" / "logs" / "finetune" / f"{runs[0]}.log").read_text()
+    assert "epoch 2/2" in finetune_log and "test_accuracy" in finetune_log
+    invert_log = (smoke_run / "results" / "logs" / "invert" / runs[0] / "epoch_000_block_01.log").read_text()
+    assert "step 60/60" in invert_log
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    from conftest import write_config
+
+    for changes, key in (({"stir": {"stepz": 3}}, "stir.stepz"),
+                         ({"finetune": {"optimizer": {"lr": -1}}}, "finetune.optimizer.lr"),
+                         ({"stir": {"blocks": [1, 9]}}, "stir.blocks"),
+                         ({"model": {"timm_name": "no_such_vit"}}, "model.timm_name"),
+                         ({"robustness": {"corruptions": ["fog", "sparkles"]}}, "robustness.corruptions")):
+        cfg = write_config(tmp_path / "bad.yaml", **changes)
+        proc = snakemake(tmp_path / "work", "-n", configfile=cfg, check=False)
+        assert proc.returncode != 0
+        assert key in proc.stdout + proc.stderr, (key, proc.stderr[-2000:])
+        assert not (tmp_path / "work" / "results").exists()
