@@ -34,13 +34,15 @@ RUNS = run_names(config)
 EPOCHS = list(range(config["finetune"]["epochs"] + 1))
 STIR_EPOCHS = stir_epochs(config)
 BLOCKS = stir_blocks(config)
+_per_job = config["stir"]["blocks_per_job"] or len(BLOCKS)
+BLOCK_GROUPS = [BLOCKS[i : i + _per_job] for i in range(0, len(BLOCKS), _per_job)]
 PRETRAINED_WEIGHTS = config["pretrain"]["weights"]
 
 
 wildcard_constraints:
     run="|".join(RUNS),
     epoch=r"\d{3}",
-    block=r"\d{2}",
+    blocks=r"\d{2}(-\d{2})*",
     dataset=r"[A-Za-z0-9_.-]+",
 
 
@@ -61,10 +63,39 @@ def checkpoint_path(run, epoch):
     return f"{RES}/runs/{run}/checkpoints/epoch_{int(epoch):03d}.pt"
 
 
-def inversion_path(run, epoch, block):
-    return f"{RES}/runs/{run}/inversions/epoch_{int(epoch):03d}/block_{int(block):02d}.h5"
+def block_group_name(blocks):
+    return "-".join(f"{b:02d}" for b in blocks)
+
+
+def inversion_path(run, epoch, blocks):
+    return f"{RES}/runs/{run}/inversions/epoch_{int(epoch):03d}/blocks_{block_group_name(blocks)}.h5"
 
 
 def figure_files():
     formats = config["figures"]["formats"]
     return [f"{RES}/figures/{name}.{ext}" for name in FIGURES for ext in formats]
+
+
+def dataset_spec(name):
+    return config["datasets"][name]
+
+
+def corrupt_inputs(w):
+    inputs = {"test": dataset_files(w.dataset, "test")}
+    source = dataset_spec(w.dataset).get("corrupted")
+    if source:
+        inputs["corrupted_source"] = f"{DATA}/{source}/index.json"
+    return inputs
+
+
+def finetune_inputs(w):
+    run = run_config(config, w.run)
+    inputs = {"train": dataset_files(run["target"], "train"), "test": dataset_files(run["target"], "test")}
+    if run["init"] == "pretrained":
+        weights = config["pretrain"]["weights"]
+        if weights is None:
+            inputs["init"] = f"{RES}/pretrain/checkpoints/epoch_{config['pretrain']['epochs']:03d}.pt"
+        elif weights.get("file"):
+            inputs["init"] = weights["file"]
+    return inputs
+

@@ -2,10 +2,6 @@
 # and the corrupted test set of each finetuning target.
 
 
-def dataset_spec(name):
-    return config["datasets"][name]
-
-
 rule prepare_dataset:
     output:
         train=f"{DATA}/{{dataset}}/train.h5",
@@ -45,14 +41,6 @@ rule prepare_corruption_set:
         runtime=120,
     script:
         "../scripts/prepare_dataset.py"
-
-
-def corrupt_inputs(w):
-    inputs = {"test": dataset_files(w.dataset, "test")}
-    source = dataset_spec(w.dataset).get("corrupted")
-    if source:
-        inputs["corrupted_source"] = f"{DATA}/{source}/index.json"
-    return inputs
 
 
 rule corrupt_dataset:

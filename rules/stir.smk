@@ -1,8 +1,9 @@
-# STIR: one inversion per (checkpoint, block), reused by every score that needs it;
+# STIR: one inversion per (checkpoint, block), reused by every score that needs it (blocks of a
+# checkpoint may share a job and a batched pass: stir.blocks_per_job);
 # scores per (run, epoch) against the run's epoch 0 (the model before finetuning).
 
 INVERSION_KEYS = ("n_images", "image_seed", "steps", "step_size", "start", "representation", "norm_p",
-                  "seed", "batch_size", "log_every")
+                  "seed", "chunk_size", "log_every")
 
 
 rule invert:
@@ -10,15 +11,15 @@ rule invert:
         checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
         images=lambda w: dataset_files(run_target(w.run), "test"),
     output:
-        f"{RES}/runs/{{run}}/inversions/epoch_{{epoch}}/block_{{block}}.h5",
+        f"{RES}/runs/{{run}}/inversions/epoch_{{epoch}}/blocks_{{blocks}}.h5",
     params:
         stir={k: config["stir"][k] for k in INVERSION_KEYS},
         compute=config["compute"],
         code=code("invert", "models", "data"),
     log:
-        f"{RES}/logs/invert/{{run}}/epoch_{{epoch}}_block_{{block}}.log",
+        f"{RES}/logs/invert/{{run}}/epoch_{{epoch}}_blocks_{{blocks}}.log",
     benchmark:
-        f"{RES}/benchmarks/invert/{{run}}/epoch_{{epoch}}_block_{{block}}.tsv"
+        f"{RES}/benchmarks/invert/{{run}}/epoch_{{epoch}}_blocks_{{blocks}}.tsv"
     group:
         "invert"
     threads: config["compute"]["threads"]
@@ -33,8 +34,8 @@ rule stir_scores:
     input:
         ref_checkpoint=lambda w: checkpoint_path(w.run, 0),
         checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
-        ref_inversions=lambda w: [inversion_path(w.run, 0, b) for b in BLOCKS],
-        inversions=lambda w: [inversion_path(w.run, w.epoch, b) for b in BLOCKS],
+        ref_inversions=lambda w: [inversion_path(w.run, 0, g) for g in BLOCK_GROUPS],
+        inversions=lambda w: [inversion_path(w.run, w.epoch, g) for g in BLOCK_GROUPS],
         images=lambda w: dataset_files(run_target(w.run), "test"),
     output:
         f"{RES}/runs/{{run}}/stir/epoch_{{epoch}}.h5",

@@ -19,24 +19,12 @@ rule pretrain:
         f"{RES}/logs/pretrain/pretrain.log",
     benchmark:
         f"{RES}/benchmarks/pretrain/pretrain.tsv"
-    threads: config["compute"]["threads"]
+    threads: config["compute"]["train_threads"]
     resources:
         mem_mb=8000,
         runtime=600,
     script:
         "../scripts/pretrain.py"
-
-
-def finetune_inputs(w):
-    run = run_config(config, w.run)
-    inputs = {"train": dataset_files(run["target"], "train"), "test": dataset_files(run["target"], "test")}
-    if run["init"] == "pretrained":
-        weights = config["pretrain"]["weights"]
-        if weights is None:
-            inputs["init"] = f"{RES}/pretrain/checkpoints/epoch_{config['pretrain']['epochs']:03d}.pt"
-        elif weights.get("file"):
-            inputs["init"] = weights["file"]
-    return inputs
 
 
 rule finetune:
@@ -57,7 +45,7 @@ rule finetune:
         f"{RES}/logs/finetune/{{run}}.log",
     benchmark:
         f"{RES}/benchmarks/finetune/{{run}}.tsv"
-    threads: config["compute"]["threads"]
+    threads: config["compute"]["train_threads"]
     resources:
         mem_mb=8000,
         runtime=1440,

@@ -10,13 +10,16 @@ from stirflow.workflow import pick_device, run_script
 
 
 def load_set(paths, blocks, device):
+    """{block: X'} from a checkpoint's inversion files (one per block group), all of one image set."""
     inverted, indices = {}, None
-    for block, path in zip(blocks, paths):
+    for path in paths:
         images, info = load_inversion(path)
         if indices is not None and not np.array_equal(indices, info["indices"]):
             raise ValueError(f"{path}: inverted a different image set than the other blocks")
         indices = info["indices"]
-        inverted[block] = images.to(device)
+        inverted.update({b: x.to(device) for b, x in images.items()})
+    if sorted(inverted) != sorted(blocks):
+        raise ValueError(f"{paths[0]}: inversions cover blocks {sorted(inverted)}, expected {sorted(blocks)}")
     return inverted, indices
 
 

@@ -19,12 +19,14 @@ def expected_jobs(config: dict) -> dict[str, int]:
     used = targets | ({config["pretrain"]["dataset"]} if config["pretrain"]["weights"] is None else set())
     n_stir_epochs = len(stir_epochs(config))
     n_blocks = len(stir_blocks(config))
+    per_job = config["stir"]["blocks_per_job"] or n_blocks
+    n_groups = -(-n_blocks // per_job)
     n_epochs = config["finetune"]["epochs"] + 1
     jobs = {
         "prepare_dataset": len(used),
         "corrupt_dataset": len(targets),
         "finetune": len(runs),
-        "invert": len(runs) * n_stir_epochs * n_blocks,
+        "invert": len(runs) * n_stir_epochs * n_groups,
         "stir_scores": len(runs) * n_stir_epochs,
         "robustness": len(runs) * n_epochs,
         "aggregate": 1,
@@ -74,7 +76,7 @@ def test_smoke_run_end_to_end(smoke_run):
     # every long step logged its progress
     finetune_log = (smoke_run / "results" / "logs" / "finetune" / f"{runs[0]}.log").read_text()
     assert "epoch 2/2" in finetune_log and "test_accuracy" in finetune_log
-    invert_log = (smoke_run / "results" / "logs" / "invert" / runs[0] / "epoch_000_block_01.log").read_text()
+    invert_log = (smoke_run / "results" / "logs" / "invert" / runs[0] / "epoch_000_blocks_01.log").read_text()
     assert "step 60/60" in invert_log
 
 

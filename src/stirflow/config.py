@@ -112,11 +112,23 @@ def _explain(error) -> str:
 def _check_references(config: dict[str, Any]) -> None:
     problems: list[str] = []
     datasets = config["datasets"]
+    robustness = config["robustness"]
     for name, spec in datasets.items():
+        for key in ("corruptions", "severities"):
+            if key in spec and spec["kind"] != "cifar10_c":
+                problems.append(f"datasets.{name}.{key}: only data sets of kind cifar10_c take {key}")
         if spec.get("corrupted") is not None:
             other = datasets.get(spec["corrupted"])
             if other is None or other["kind"] != "cifar10_c":
                 problems.append(f"datasets.{name}.corrupted: {spec['corrupted']!r} is not a data set of kind cifar10_c")
+                continue
+            # the corrupted source must hold every corruption × severity the robustness stage asks for
+            for key in ("corruptions", "severities"):
+                if key in other:
+                    lacking = [c for c in robustness[key] if c not in other[key]]
+                    if lacking:
+                        problems.append(f"robustness.{key}: {lacking} not in datasets.{spec['corrupted']}.{key}, "
+                                        f"the corrupted test set of {name!r}")
     pre = config["pretrain"]
     if pre["weights"] is None:
         if pre["dataset"] not in datasets:

@@ -11,10 +11,11 @@ inversions through different blocks of one model can share a pass (:func:`invert
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -82,14 +83,46 @@ def relative_loss(rep: torch.Tensor, target: torch.Tensor, p: float = 2.0, eps: 
         torch.linalg.vector_norm(target.flatten(1).float(), ord=p, dim=1) + eps)
 
 
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module | None) -> Iterator[None]:
+    """Run with ``module`` in eval mode (dropout off), restoring its train/eval flag afterwards."""
+    if module is None:
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _module_of(fn: Callable) -> torch.nn.Module | None:
+    """The module behind ``fn``: ``fn`` itself, or the ``model`` that :func:`block_representation` attaches."""
+    if isinstance(fn, torch.nn.Module):
+        return fn
+    model = getattr(fn, "model", None)
+    return model if isinstance(model, torch.nn.Module) else None
+
+
 def descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, steps: int,
-            step_size: float = 0.5, log_every: int = 0, label: str = "") -> InversionResult:
+            step_size: float = 0.5, log_every: int = 0, label: str = "",
+            progress: Callable[[int], None] | None = None) -> InversionResult:
     """Minimise the per-sample losses ``loss_fn(x) → (N,)`` from ``x0`` (N, C, H, W).
 
     Each step moves every sample by ``step_size`` along its own normalised negative gradient and
     clamps to [0, 1]; each sample's lowest-loss iterate is returned. A non-finite loss raises
-    :class:`NonFiniteLossError` naming the step rather than returning garbage.
+    :class:`NonFiniteLossError` naming the step rather than returning garbage. ``progress(1)`` is
+    called after every step (a progress bar's ``update``).
     """
+    with torch.enable_grad():  # a caller's no_grad() must not switch off the input gradient
+        return _descend(loss_fn, x0, steps=steps, step_size=step_size, log_every=log_every, label=label,
+                        progress=progress)
+
+
+def _descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, steps: int,
+             step_size: float, log_every: int, label: str,
+             progress: Callable[[int], None] | None) -> InversionResult:
     x = x0.detach().clone()
     best = x.clamp(0, 1)
     best_loss = torch.full((x.shape[0],), math.inf, device=x.device)
@@ -119,6 +152,8 @@ def descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *
         with torch.no_grad():
             norm = grad.flatten(1).norm(dim=1).view(view)
             x = (x - step_size * grad / (norm + 1e-10)).clamp_(0, 1)
+        if progress is not None:
+            progress(1)
     if steps == 0:
         best_loss = start_loss
     return InversionResult(best.detach(), best_loss.detach(), start_loss, history)
@@ -126,20 +161,24 @@ def descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *
 
 def invert_fn(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, steps: int, step_size: float = 0.5,
               seed: int = 0, start: str = "noise", norm_p: float = 2.0, batch_size: int | None = None,
-              log_every: int = 0, label: str = "") -> InversionResult:
+              log_every: int = 0, label: str = "", progress: Callable[[int], None] | None = None) -> InversionResult:
     """Invert ``fn`` at images ``x`` (N, C, H, W in [0, 1]), in chunks of ``batch_size`` images.
 
     The start is drawn for the whole set before chunking, so results do not depend on the chunk size.
+    When ``fn`` is a module, or carries one as ``fn.model`` (:func:`~stirflow.models.block_representation`
+    does), that module runs in eval mode during the inversion.
     """
     x0 = inversion_start(x, start, seed)
     batch_size = batch_size or len(x)
     parts = []
-    for lo in range(0, len(x), batch_size):
-        xs = x[lo:lo + batch_size]
-        with torch.no_grad():
-            target = fn(xs).detach()
-        parts.append(descend(lambda z: relative_loss(fn(z), target, norm_p), x0[lo:lo + batch_size],
-                             steps=steps, step_size=step_size, log_every=log_every, label=label))
+    with _eval_mode(_module_of(fn)):
+        for lo in range(0, len(x), batch_size):
+            xs = x[lo:lo + batch_size]
+            with torch.no_grad():
+                target = fn(xs).detach()
+            parts.append(descend(lambda z: relative_loss(fn(z), target, norm_p), x0[lo:lo + batch_size],
+                                 steps=steps, step_size=step_size, log_every=log_every, label=label,
+                                 progress=progress))
     return InversionResult(torch.cat([r.images for r in parts]), torch.cat([r.losses for r in parts]),
                            torch.cat([r.start_losses for r in parts]), parts[0].history)
 
@@ -148,24 +187,37 @@ def invert(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, steps
            seed: int = 0, **options) -> torch.Tensor:
     """X' (shaped like ``x``, in [0, 1]) that ``fn`` maps close to ``fn(x)``, found from seeded noise.
 
-    ``options``: ``start``, ``norm_p``, ``batch_size``, ``log_every`` (see :func:`invert_fn`).
+    ``options``: ``start``, ``norm_p``, ``batch_size``, ``log_every``, ``progress`` (see :func:`invert_fn`).
     """
     return invert_fn(fn, x, steps=steps, step_size=step_size, seed=seed, **options).images
 
 
 def invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, step_size: float = 0.5,
                   seed: int = 0, start: str = "noise", representation: str = "tokens", norm_p: float = 2.0,
-                  chunk_size: int | None = None, log_every: int = 0, label: str = "") -> dict[int, InversionResult]:
+                  chunk_size: int | None = None, log_every: int = 0, label: str = "",
+                  progress: Callable[[int], None] | None = None) -> dict[int, InversionResult]:
     """Invert several blocks of one :class:`~stirflow.models.StirViT` in shared passes.
 
     The images for all blocks are stacked (block-major) and descended together; each sample's loss is
     taken at its own block, and a sample leaves the forward pass after its block, so no block is
     run further than needed. ``chunk_size`` bounds the images × blocks in one pass (GPU memory).
     Every block starts from the same seeded noise as a one-block inversion with ``seed`` would.
+    The model runs in eval mode; ``progress(1)`` is called after every step of every chunk.
     """
+    with _eval_mode(model):
+        return _invert_blocks(model, x, blocks, steps=steps, step_size=step_size, seed=seed, start=start,
+                              representation=representation, norm_p=norm_p, chunk_size=chunk_size,
+                              log_every=log_every, label=label, progress=progress)
+
+
+def _invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, step_size: float, seed: int,
+                   start: str, representation: str, norm_p: float, chunk_size: int | None, log_every: int,
+                   label: str, progress: Callable[[int], None] | None) -> dict[int, InversionResult]:
     from .models import pool_tokens
 
     blocks = sorted(set(int(b) for b in blocks))
+    if not blocks or blocks[0] < 1 or blocks[-1] > model.depth:  # block 0 would index outs[-1] silently
+        raise ValueError(f"blocks {blocks} out of range: the model has blocks 1..{model.depth}")
     n = len(x)
     with torch.no_grad():
         outs = model.block_outputs(x, blocks[-1])
@@ -200,7 +252,7 @@ def invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, 
     for lo in range(0, total, chunk_size):
         sl = slice(lo, min(lo + chunk_size, total))
         parts.append(descend(loss_on(sl), stacked_x0[sl], steps=steps, step_size=step_size,
-                             log_every=log_every, label=label))
+                             log_every=log_every, label=label, progress=progress))
     images = torch.cat([r.images for r in parts])
     losses = torch.cat([r.losses for r in parts])
     start_losses = torch.cat([r.start_losses for r in parts])
@@ -210,31 +262,39 @@ def invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, 
 
 # --------------------------------------------------------------------------- storage
 
-def save_inversion(path, result: InversionResult, indices, **attrs) -> None:
-    """Write an inversion to HDF5 (atomically): ``images`` (N, C, H, W) float32, ``losses``,
-    ``start_losses``, ``indices`` (which test images were inverted), the settings as attributes."""
+def save_inversion(path, results: Mapping[int, InversionResult], indices, **attrs) -> None:
+    """Write the inversions of one checkpoint's blocks to HDF5 (atomically).
+
+    Datasets: ``blocks`` (B,), ``images`` (B, N, C, H, W) float32, ``losses`` and ``start_losses``
+    (B, N), ``indices`` (N,) (which test images were inverted); the settings as attributes.
+    """
     import os
     from pathlib import Path
 
     import h5py
     import numpy as np
 
+    blocks = sorted(results)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    stack = lambda key: np.stack([getattr(results[b], key).float().cpu().numpy() for b in blocks])  # noqa: E731
     with h5py.File(tmp, "w") as f:
-        f.create_dataset("images", data=result.images.float().cpu().numpy(), compression="gzip", compression_opts=1)
-        f.create_dataset("losses", data=result.losses.float().cpu().numpy())
-        f.create_dataset("start_losses", data=result.start_losses.float().cpu().numpy())
+        f.create_dataset("blocks", data=np.asarray(blocks, dtype=np.int64))
+        f.create_dataset("images", data=stack("images"), compression="gzip", compression_opts=1)
+        f.create_dataset("losses", data=stack("losses"))
+        f.create_dataset("start_losses", data=stack("start_losses"))
         f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
-        f.create_dataset("history", data=np.asarray(result.history, dtype=np.float64))
         for key, value in attrs.items():
             f.attrs[key] = value if value is not None else "none"
     os.replace(tmp, path)
 
 
-def load_inversion(path) -> tuple[torch.Tensor, dict]:
-    """``(images (N, C, H, W) float32, {"losses", "indices", attrs...})``; a bad file names itself."""
+def load_inversion(path) -> tuple[dict[int, torch.Tensor], dict]:
+    """``({block: images (N, C, H, W) float32}, {"losses": {block: (N,)}, "indices": (N,), attrs...})``.
+
+    A missing, truncated or foreign file raises :class:`~stirflow.data.DataFileError` naming it.
+    """
     from pathlib import Path
 
     import h5py
@@ -244,8 +304,10 @@ def load_inversion(path) -> tuple[torch.Tensor, dict]:
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
+            blocks = [int(b) for b in f["blocks"][...]]
             images = torch.from_numpy(f["images"][...])
-            info = {"losses": f["losses"][...], "indices": f["indices"][...], **dict(f.attrs)}
+            losses = f["losses"][...]
+            info = {"losses": dict(zip(blocks, losses)), "indices": f["indices"][...], **dict(f.attrs)}
     except (OSError, KeyError) as err:
         raise DataFileError(f"{path}: cannot read inversion ({err})") from err
-    return images, info
+    return {b: images[k] for k, b in enumerate(blocks)}, info

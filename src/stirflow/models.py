@@ -11,7 +11,10 @@ each checkpoint stores beside the weights, so :func:`load_checkpoint` is all a u
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -139,7 +142,10 @@ def pool_tokens(tokens: torch.Tensor, representation: str, num_prefix_tokens: in
 
 
 def block_representation(model: StirViT, block: int, representation: str = "tokens") -> Callable[[torch.Tensor], torch.Tensor]:
-    """``fn(images (N, 3, H, W) in [0, 1]) → (N, F)``: block ``block``'s output (1-based), pooled."""
+    """``fn(images (N, 3, H, W) in [0, 1]) → (N, F)``: block ``block``'s output (1-based), pooled.
+
+    ``fn.model`` is ``model``, so that :func:`~stirflow.invert.invert_fn` can run it in eval mode.
+    """
     if not 0 < block <= model.depth:
         raise ValueError(f"block {block} is out of range: the model has blocks 1..{model.depth}")
     if representation not in REPRESENTATIONS:
@@ -148,6 +154,7 @@ def block_representation(model: StirViT, block: int, representation: str = "toke
     def fn(images: torch.Tensor) -> torch.Tensor:
         return pool_tokens(model.block_outputs(images, block)[-1], representation, model.num_prefix_tokens)
 
+    fn.model = model  # lets the inversion put the model in eval mode for its duration
     return fn
 
 
@@ -163,12 +170,64 @@ def _build_vit(spec: dict[str, Any], num_classes: int, pretrained: bool = False,
     if name:
         if not timm.is_model(name.split(".")[0]):
             raise ValueError(f"model.timm_name: {name!r} is not a timm model")
-        overlay = {"file": str(weights_file)} if weights_file else None
-        return timm.create_model(name, pretrained=pretrained or bool(weights_file),
-                                 pretrained_cfg_overlay=overlay, **kwargs)
+        if not (pretrained or weights_file):
+            return timm.create_model(name, pretrained=False, **kwargs)
+        overlay = None
+        if weights_file:
+            if not Path(weights_file).is_file():
+                raise CheckpointError(f"{weights_file}: pretrained weights file not found (pretrain.weights.file)")
+            # A state dict (.pth, .bin, .safetensors) goes through the model's checkpoint filter, which
+            # resamples the position embeddings to the configured image size; an .npz is the original
+            # JAX release (timm's custom loader, which resamples them too).
+            overlay = {"file": str(weights_file), "custom_load": str(weights_file).endswith(".npz")}
+        source = weights_file or f"timm's pretrained weights for {name}"
+        with _timm_missing_keys() as missing:
+            try:
+                vit = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+            except CheckpointError:
+                raise
+            except (RuntimeError, KeyError, ValueError, OSError) as err:
+                raise CheckpointError(f"{source}: cannot load these weights into {name} "
+                                      f"({type(err).__name__}: {err})") from err
+        # timm loads non-strictly when the classifier is replaced and only logs what was missing:
+        # any missing encoder weight means the file does not fit the model.
+        missing = [k for k in missing if not k.startswith("head.")]
+        if missing:
+            raise CheckpointError(f"{source}: the weights do not fit {name}: missing {missing[:5]}"
+                                  f"{' ...' if len(missing) > 5 else ''} ({len(missing)} tensors)")
+        return vit
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(**kwargs)
+
+
+@contextlib.contextmanager
+def _timm_missing_keys():
+    """Collect the keys timm reports missing while loading pretrained weights (it only logs them)."""
+    keys: list[str] = []
+    logger = logging.getLogger("timm.models._builder")
+    level, propagate, threshold = logger.level, logger.propagate, logger.getEffectiveLevel()
+    quiet = threshold > logging.INFO
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            match = re.match(r"Missing keys \((.*)\) discovered", record.getMessage())
+            if match:
+                keys.extend(k.strip() for k in match.group(1).split(","))
+            if quiet and propagate and record.levelno >= threshold and logger.parent is not None:
+                logger.parent.handle(record)  # what propagation would have passed on
+
+    handler = Collect(logging.INFO)
+    logger.addHandler(handler)
+    if quiet:  # see the INFO record without passing it to handlers that would not have seen it
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        yield keys
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def create_model(spec: dict[str, Any], *, pretrained: bool = False, weights_file: str | os.PathLike | None = None) -> StirViT:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .cka import similarity
-from .invert import invert
+from .invert import _eval_mode, _module_of, invert
 
 __all__ = ["stir", "block_features", "stir_matrix", "cka_matrix", "pair_scores", "save_scores", "load_scores"]
 
@@ -31,7 +31,7 @@ def stir(fn_ref: Callable[[torch.Tensor], torch.Tensor], fn_eval: Callable[[torc
          similarity_options: Mapping[str, Any] | None = None, **invert_options) -> float:
     """STIR(fn_eval | fn_ref) on images ``x`` (N, C, H, W in [0, 1]): CKA(fn_eval(x), fn_eval(X'))."""
     x_inv = invert(fn_ref, x, steps=steps, step_size=step_size, seed=seed, **invert_options)
-    with torch.no_grad():
+    with torch.no_grad(), _eval_mode(_module_of(fn_eval)):
         return similarity(fn_eval(x), fn_eval(x_inv), **dict(similarity_options or {}))
 
 
@@ -44,10 +44,11 @@ def block_features(model, images: torch.Tensor, blocks: Sequence[int], represent
     blocks = sorted(set(int(b) for b in blocks))
     device = next(model.parameters()).device
     parts: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
-    for lo in range(0, len(images), batch_size):
-        outs = model.block_outputs(images[lo:lo + batch_size].to(device), blocks[-1])
-        for b in blocks:
-            parts[b].append(pool_tokens(outs[b - 1], representation, model.num_prefix_tokens))
+    with _eval_mode(model):  # features of a model left in train mode would carry dropout noise
+        for lo in range(0, len(images), batch_size):
+            outs = model.block_outputs(images[lo:lo + batch_size].to(device), blocks[-1])
+            for b in blocks:
+                parts[b].append(pool_tokens(outs[b - 1], representation, model.num_prefix_tokens))
     return {b: torch.cat(p) for b, p in parts.items()}
 
 
