@@ -139,7 +139,7 @@ def _descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, 
             if step > 0:  # the raw start may lie outside [0, 1]; only clamped iterates are candidates
                 improved = loss < best_loss
                 best_loss = torch.where(improved, loss, best_loss)
-                best[improved] = x[improved]
+                best = torch.where(improved.view(view), x, best)  # no masked copy: no host sync
             else:
                 start_loss = loss.detach().clone()
         if log_every and (step % log_every == 0 or step == steps) and step > 0:
@@ -227,22 +227,24 @@ def _invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int,
     block_of = torch.tensor(blocks, device=x.device).repeat_interleave(n)
 
     def loss_on(sl: slice) -> Callable[[torch.Tensor], torch.Tensor]:
-        sample_blocks = block_of[sl]
-        present = sorted(set(sample_blocks.tolist()))
+        # Stacking is block-major with blocks ascending, so within any chunk the samples that stop
+        # at the shallowest block come first: each exit is a slice, never a boolean mask (no
+        # gather/scatter in the backward pass, and no host sync on a GPU).
+        exits, counts = torch.unique_consecutive(block_of[sl], return_counts=True)
+        exit_count = dict(zip(exits.tolist(), counts.tolist()))
+        chunk_targets = targets[sl]
 
         def loss_fn(z: torch.Tensor) -> torch.Tensor:
             h = model.embed(z)
-            losses = torch.empty(len(z), device=z.device)
-            alive = torch.arange(len(z), device=z.device)
-            for depth, block in enumerate(model.vit.blocks[:present[-1]], start=1):
+            losses, done = [], 0
+            for depth, block in enumerate(model.vit.blocks[:max(exit_count)], start=1):
                 h = block(h)
-                if depth in present:
-                    mine = sample_blocks[alive] == depth
-                    rep = pool_tokens(h[mine], representation, model.num_prefix_tokens)
-                    idx = alive[mine]
-                    losses = losses.index_put((idx,), relative_loss(rep, targets[sl][idx], norm_p))
-                    h, alive = h[~mine], alive[~mine]  # these samples are done: stop their forward pass
-            return losses
+                k = exit_count.get(depth, 0)
+                if k:
+                    rep = pool_tokens(h[:k], representation, model.num_prefix_tokens)
+                    losses.append(relative_loss(rep, chunk_targets[done:done + k], norm_p))
+                    h, done = h[k:], done + k  # these samples are done: stop their forward pass
+            return torch.cat(losses)
 
         return loss_fn
 

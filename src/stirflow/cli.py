@@ -1,0 +1,392 @@
+"""The ``stirflow`` command line.
+
+``stirflow compare`` measures shared invariance between two models, A and B, the way the pipeline
+does (DESIGN §2): each model's blocks are inverted once, batched (:func:`~stirflow.invert.invert_blocks`),
+and every score is a forward pass over those inversions (:func:`~stirflow.stir.pair_scores`).
+It writes one NetCDF file holding
+
+* ``stir_b_given_a[i, j]`` = STIR(B_j | A_i): X' inverted through A's block i, scored at B's block j;
+* ``stir_a_given_b[i, j]`` = STIR(A_j | B_i): X' inverted through B's block i, scored at A's block j;
+* ``cka[i, j]`` = CKA(A_i(X), B_j(X));
+* their diagonals, ``forgetting`` / ``learning`` (read A as the model before finetuning), the
+  within-model matrices and the inversions' relative losses;
+
+and a PNG of the three matrices on one 0–1 colour scale next to it::
+
+    stirflow compare --model-a pre.pt --model-b ft.pt --images data/cifar10/test.h5 --out ab.nc
+    stirflow compare --model-a vit_base_patch32_224 --weights-a vit_b32.safetensors \\
+        --model-b finetuned.pt --images photos/ --blocks 1-12 --out ab.nc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["main", "CompareError", "load_model", "load_images", "parse_blocks", "compare"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class CompareError(ValueError):
+    """Bad input to ``stirflow compare``: the message names the argument or file."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _looks_like_path(spec: str) -> bool:
+    return os.sep in spec or spec.startswith(".") or Path(spec).suffix in (".pt", ".pth", ".ckpt", ".bin")
+
+
+def load_model(spec: str, weights: str | None, img_size: int | None, device: torch.device,
+               option: str = "--model-a", seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A :class:`~stirflow.models.StirViT` from a stirflow checkpoint path or a timm model name.
+
+    For a timm name, ``weights`` is a local weight file (``.pth``/``.safetensors``/``.npz``, loaded
+    through timm, position embeddings resampled to ``img_size``), ``"random"`` for a random
+    initialisation drawn with ``seed``, or None for timm's pretrained weights (a download).
+    Returns the model in eval mode on ``device`` and a description of where it came from.
+    """
+    import timm
+
+    from .models import create_model, load_checkpoint
+
+    weights_option = option.replace("model", "weights")
+    if Path(spec).is_file():
+        if weights:
+            raise CompareError(f"{weights_option} applies to timm model names; {spec} is a stirflow checkpoint")
+        model = load_checkpoint(spec, device)
+        return model, {"source": "checkpoint", "path": str(Path(spec).resolve())}
+    if _looks_like_path(spec):
+        raise CompareError(f"{option}: {spec}: checkpoint file not found")
+    if not timm.is_model(spec.split(".")[0]):
+        raise CompareError(f"{option}: {spec!r} is neither an existing checkpoint file nor a timm model name")
+    if weights and weights != "random" and not Path(weights).is_file():
+        raise CompareError(f"{weights_option}: {weights}: weight file not found")
+
+    cfg = timm.models.get_pretrained_cfg(spec, allow_unregistered=True)
+    model_spec: dict[str, Any] = {
+        "timm_name": spec, "num_classes": 0,  # no head: only block outputs are compared
+        "mean": tuple(cfg.mean) if cfg else (0.5, 0.5, 0.5), "std": tuple(cfg.std) if cfg else (0.5, 0.5, 0.5),
+        "vit": {"img_size": img_size} if img_size else {},
+    }
+    torch.manual_seed(seed)
+    try:
+        if weights == "random":
+            model = create_model(model_spec)
+        else:
+            model = create_model(model_spec, pretrained=not weights, weights_file=weights)
+    except AttributeError as err:  # StirViT needs timm's VisionTransformer layout
+        raise CompareError(f"{option}: {spec!r} is not a timm VisionTransformer ({err})") from err
+    except (OSError, RuntimeError) as err:
+        what = f"weights {weights}" if weights else "timm's pretrained weights (download)"
+        raise CompareError(f"{option}: cannot load {what} for {spec!r}: {err}") from err
+    info = {"source": "timm", "name": spec, "weights": str(Path(weights).resolve()) if weights and weights != "random"
+            else (weights or "timm pretrained"), "img_size": list(model.img_size)}
+    return model.to(device).eval(), info
+
+
+def load_images(path: str, n: int | None, seed: int, size: int) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
+    """Images (N, 3, H, W) in [0, 1], the selected indices, and a description.
+
+    ``path`` is an HDF5 image set (``prepare_dataset``'s format; used at its own size) or a folder
+    of image files (sorted by name, converted to RGB and resized to ``size`` × ``size``).
+    ``n`` images are chosen as the pipeline chooses them (:func:`~stirflow.data.select_indices`).
+    """
+    from .data import read_image_h5, select_indices, to_tensor
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise CompareError(f"--images: {path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        from PIL import Image
+
+        index = select_indices(len(files), n, seed)
+        arrays = []
+        for k in index:
+            try:
+                with Image.open(files[k]) as img:
+                    arrays.append(np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)))
+            except OSError as err:
+                raise CompareError(f"--images: {files[k]}: cannot read image ({err})") from err
+        x = to_tensor(np.stack(arrays))
+        info = {"kind": "folder", "path": str(p.resolve()), "total": len(files), "resized_to": size}
+    elif p.is_file():
+        images = read_image_h5(p)  # DataFileError names the file
+        index = select_indices(len(images), n, seed)
+        x = to_tensor(images.images[index])
+        info = {"kind": "hdf5", "path": str(p.resolve()), "total": len(images)}
+    else:
+        raise CompareError(f"--images: {path}: no such file or folder")
+    if len(index) < 4:
+        raise CompareError(f"--images: {path}: {len(index)} images selected; CKA needs at least 4")
+    return x, np.asarray(index), info
+
+
+def parse_blocks(text: str, depth: int) -> list[int]:
+    """``"all"`` → 1..depth; ``"1,3,5"`` and ranges ``"2-6"`` → sorted unique blocks, each checked."""
+    if text.strip().lower() == "all":
+        return list(range(1, depth + 1))
+    blocks: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            blocks.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise CompareError(f"--blocks: {text!r} is not 'all' or a list such as '1,2,3' or '1-4'") from None
+    bad = sorted(b for b in blocks if not 1 <= b <= depth)
+    if bad or not blocks:
+        raise CompareError(f"--blocks: {bad or text} out of range: blocks 1..{depth} exist in both models")
+    return sorted(blocks)
+
+
+# --------------------------------------------------------------------------- the comparison
+
+def _invert_all(model, x: torch.Tensor, blocks: list[int], args: argparse.Namespace, name: str,
+                device: torch.device) -> dict[int, Any]:
+    """``invert_blocks`` over every block of one model, with a progress bar over its steps."""
+    from tqdm import tqdm
+
+    from .invert import invert_blocks
+
+    chunk = args.chunk_size or len(x) * len(blocks)
+    passes = math.ceil(len(x) * len(blocks) / chunk)
+    with tqdm(total=passes * args.steps, desc=f"inverting {name} ({len(blocks)} blocks)", unit="step",
+              disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as bar, \
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        return invert_blocks(model, x, blocks, steps=args.steps, step_size=args.step_size, seed=args.seed,
+                             start=args.start, representation=args.representation, norm_p=args.norm_p,
+                             chunk_size=args.chunk_size or None, progress=bar.update)
+
+
+def compare(args: argparse.Namespace) -> Path:
+    """Run ``stirflow compare``; returns the NetCDF path (the PNG has the same stem)."""
+    from .models import prepare_for_inversion
+    from .stir import pair_scores
+    from .workflow import pick_device
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".nc", ".nc4", ".h5"):
+        raise CompareError(f"--out: {out} should end in .nc")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = pick_device(args.device)
+    except RuntimeError as err:
+        raise CompareError(f"--device: {err}") from err
+    model_a, info_a = load_model(args.model_a, args.weights_a, args.img_size, device, "--model-a", args.seed)
+    model_b, info_b = load_model(args.model_b, args.weights_b, args.img_size, device, "--model-b", args.seed)
+    depth = min(model_a.depth, model_b.depth)
+    blocks = parse_blocks(args.blocks, depth)
+    size = max(*model_a.img_size, *model_b.img_size)
+    x, index, image_info = load_images(args.images, args.n_images or None, args.image_seed, size)
+    x = x.to(device)
+    similarity_options = {"kind": args.similarity, "debiased": args.debiased, "batch_size": args.cka_batch_size}
+    if args.similarity == "minibatch" and not args.cka_batch_size:
+        raise CompareError("--similarity minibatch needs --cka-batch-size")
+
+    for model in (model_a, model_b):
+        prepare_for_inversion(model, compile=args.compile)
+    start = time.perf_counter()
+    inv_a = _invert_all(model_a, x, blocks, args, "A", device)
+    inv_b = _invert_all(model_b, x, blocks, args, "B", device)
+    inversion_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = pair_scores(model_a, model_b, x, {b: r.images for b, r in inv_a.items()},
+                         {b: r.images for b, r in inv_b.items()}, representation=args.representation,
+                         similarity_options=similarity_options)
+    scoring_seconds = time.perf_counter() - start
+
+    ds = _dataset(scores, blocks, index, inv_a, inv_b)
+    ds.attrs.update(_settings(args, info_a, info_b, image_info, blocks, device, similarity_options,
+                              inversion_seconds, scoring_seconds))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    ds.to_netcdf(tmp, engine="h5netcdf")
+    os.replace(tmp, out)
+    draw_heatmaps(ds, out.with_suffix(".png"))
+    if not args.quiet:
+        print(_summary(ds, out), file=sys.stderr)
+    return out
+
+
+def _dataset(scores: dict[str, np.ndarray], blocks: list[int], index: np.ndarray, inv_a: dict, inv_b: dict):
+    """The scores as an xarray Dataset with dims ``layer_ref``, ``layer_eval``, ``layer`` and ``image``."""
+    import xarray as xr
+
+    pair = ("layer_ref", "layer_eval")
+
+    def losses(inv: dict, key: str) -> np.ndarray:
+        return np.array([float(getattr(inv[b], key).double().mean()) for b in blocks])
+
+    variables = {
+        "stir_b_given_a": (pair, scores["flow"], "STIR(B_j | A_i): X' inverted through A's block i (layer_ref), "
+                                                 "CKA at B's block j (layer_eval)"),
+        "stir_a_given_b": (pair, scores["flow_reverse"], "STIR(A_j | B_i): X' inverted through B's block i "
+                                                         "(layer_ref), CKA at A's block j (layer_eval)"),
+        "cka": (pair, scores["cka"], "CKA(A_i(X), B_j(X)): A's block i (layer_ref), B's block j (layer_eval)"),
+        "within_a": (pair, scores["within_ref"], "STIR(A_j | A_i)"),
+        "within_b": (pair, scores["within_eval"], "STIR(B_j | B_i)"),
+        "stir_b_given_a_diag": (("layer",), np.diag(scores["flow"]), "STIR(B_l | A_l)"),
+        "stir_a_given_b_diag": (("layer",), np.diag(scores["flow_reverse"]), "STIR(A_l | B_l)"),
+        "cka_diag": (("layer",), np.diag(scores["cka"]), "CKA(A_l(X), B_l(X))"),
+        "forgetting": (("layer",), scores["forgetting"], "1 - STIR(B_l | A_l): A's invariances that B lacks"),
+        "learning": (("layer",), scores["learning"], "1 - STIR(A_l | B_l): B's invariances that A lacks"),
+        "inversion_loss_a": (("layer",), losses(inv_a, "losses"), "mean best relative loss of the inversions through A"),
+        "inversion_loss_b": (("layer",), losses(inv_b, "losses"), "mean best relative loss of the inversions through B"),
+        "inversion_start_loss_a": (("layer",), losses(inv_a, "start_losses"), "mean relative loss at the start (A)"),
+        "inversion_start_loss_b": (("layer",), losses(inv_b, "start_losses"), "mean relative loss at the start (B)"),
+        "image_index": (("image",), index.astype(np.int64), "indices of the compared images in the image set"),
+    }
+    coords = {"layer_ref": blocks, "layer_eval": blocks, "layer": blocks}
+    return xr.Dataset({name: xr.Variable(dims, np.asarray(values), {"description": text})
+                       for name, (dims, values, text) in variables.items()}, coords=coords)
+
+
+def _settings(args: argparse.Namespace, info_a: dict, info_b: dict, image_info: dict, blocks: list[int],
+              device: torch.device, similarity_options: dict, inversion_seconds: float,
+              scoring_seconds: float) -> dict[str, Any]:
+    """NetCDF attributes: everything needed to reproduce the file (strings and numbers only)."""
+    import timm
+
+    from . import __version__
+
+    return {
+        "title": "stirflow compare: shared invariance (STIR) and CKA between models A and B",
+        "model_a": args.model_a, "model_b": args.model_b,
+        "model_a_info": json.dumps(info_a), "model_b_info": json.dumps(info_b),
+        "images": args.images, "images_info": json.dumps(image_info),
+        "n_images": int(args.n_images) if args.n_images else "all", "image_seed": args.image_seed,
+        "blocks": json.dumps(blocks), "steps": args.steps, "step_size": args.step_size, "start": args.start,
+        "representation": args.representation, "norm_p": float(args.norm_p), "seed": args.seed,
+        "similarity": json.dumps(similarity_options), "device": str(device),
+        "chunk_size": args.chunk_size, "bf16": int(args.bf16), "compile": int(args.compile),
+        "inversion_seconds": round(inversion_seconds, 3), "scoring_seconds": round(scoring_seconds, 3),
+        "stirflow_version": str(__version__), "torch_version": str(torch.__version__),
+        "timm_version": str(timm.__version__),
+    }
+
+
+def draw_heatmaps(ds, path: Path) -> Path:
+    """STIR(B | A), STIR(A | B) and CKA(A, B) side by side on one 0–1 colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("stir_b_given_a", "STIR(B | A)", "A block (inverted)", "B block"),
+              ("stir_a_given_b", "STIR(A | B)", "B block (inverted)", "A block"),
+              ("cka", "CKA(A, B)", "A block", "B block")]
+    blocks = [int(b) for b in ds["layer_ref"].values]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), constrained_layout=True)
+    for ax, (name, title, ylabel, xlabel) in zip(axes, panels):
+        values = ds[name].values
+        image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        step = max(1, len(blocks) // 12)  # keep tick labels readable for deep models
+        ax.set_xticks(range(0, len(blocks), step), [str(b) for b in blocks[::step]])
+        ax.set_yticks(range(0, len(blocks), step), [str(b) for b in blocks[::step]])
+        if len(blocks) <= 8:
+            for (i, j), v in np.ndenumerate(values):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+    fig.colorbar(image, ax=list(axes), shrink=0.85, label="similarity (0–1)")
+    fig.suptitle(f"A = {ds.attrs.get('model_a', 'A')}   B = {ds.attrs.get('model_b', 'B')}", fontsize=9)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _summary(ds, out: Path) -> str:
+    rows = [f"{'block':>5} {'STIR(B|A)':>10} {'STIR(A|B)':>10} {'CKA':>7}"]
+    for k, b in enumerate(ds["layer"].values):
+        rows.append(f"{int(b):>5} {ds['stir_b_given_a_diag'].values[k]:>10.4f} "
+                    f"{ds['stir_a_given_b_diag'].values[k]:>10.4f} {ds['cka_diag'].values[k]:>7.4f}")
+    return "\n".join(rows + [f"wrote {out} and {out.with_suffix('.png')}"])
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+def _positive_or_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cka import SIMILARITY_KINDS
+    from .invert import START_TYPES
+    from .models import REPRESENTATIONS
+
+    parser = argparse.ArgumentParser(prog="stirflow", description="stirflow: invariances of vision transformers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("compare", help="STIR both ways, the flow and CKA matrices between two models",
+                       description="STIR(B|A), STIR(A|B) and CKA(A, B) over blocks, written to NetCDF plus a heatmap PNG. "
+                                   "Defaults follow the pipeline's config defaults.")
+    models = p.add_argument_group("models")
+    models.add_argument("--model-a", required=True, help="stirflow checkpoint (.pt) or timm model name")
+    models.add_argument("--model-b", required=True, help="stirflow checkpoint (.pt) or timm model name")
+    models.add_argument("--weights-a", help="for a timm name: local weight file, or 'random' (default: timm's "
+                                            "pretrained weights, downloaded)")
+    models.add_argument("--weights-b", help="as --weights-a, for model B")
+    models.add_argument("--img-size", type=int, help="input size for timm models (default: the model's own)")
+    data = p.add_argument_group("images")
+    data.add_argument("--images", required=True, help="HDF5 image set (prepare_dataset) or a folder of images")
+    data.add_argument("--n-images", type=_positive_or_zero, default=128, help="images to use, 0 = all (default 128)")
+    data.add_argument("--image-seed", type=int, default=0, help="seed of the image selection (default 0)")
+    inv = p.add_argument_group("inversion and scoring")
+    inv.add_argument("--blocks", default="all", help="'all', '1,2,3' or '1-6' (default all)")
+    inv.add_argument("--steps", type=_positive_or_zero, default=100, help="inversion steps (default 100)")
+    inv.add_argument("--step-size", type=float, default=0.5, help="normalised step size η (default 0.5)")
+    inv.add_argument("--start", choices=START_TYPES, default="noise", help="inversion start (default noise)")
+    inv.add_argument("--seed", type=int, default=0, help="seed of the inversion start (default 0)")
+    inv.add_argument("--representation", choices=REPRESENTATIONS, default="tokens",
+                     help="block representation (default tokens: all tokens flattened)")
+    inv.add_argument("--norm-p", type=float, default=2.0, help="norm of the relative loss (default 2)")
+    inv.add_argument("--similarity", choices=SIMILARITY_KINDS, default="linear", help="CKA kind (default linear)")
+    inv.add_argument("--debiased", action="store_true", help="debiased HSIC estimator")
+    inv.add_argument("--cka-batch-size", type=int, help="batch size of minibatch CKA")
+    compute = p.add_argument_group("compute")
+    compute.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    compute.add_argument("--chunk-size", type=_positive_or_zero, default=0,
+                         help="images × blocks per inversion pass, 0 = all in one (default 0)")
+    compute.add_argument("--bf16", action="store_true", help="bf16 autocast for the inversions")
+    compute.add_argument("--compile", action="store_true", help="torch.compile the blocks for the inversions")
+    compute.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--out", required=True, help="NetCDF output path (.nc); the PNG is written next to it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stirflow`` console script."""
+    from .data import DataFileError
+    from .models import CheckpointError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        compare(args)
+    except (CompareError, CheckpointError, DataFileError) as err:
+        print(f"stirflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
