@@ -184,11 +184,13 @@ def _build_vit(spec: dict[str, Any], num_classes: int, pretrained: bool = False,
         with _timm_missing_keys() as missing:
             try:
                 vit = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-            except CheckpointError:
-                raise
             except (RuntimeError, KeyError, ValueError, OSError) as err:
-                raise CheckpointError(f"{source}: cannot load these weights into {name} "
-                                      f"({type(err).__name__}: {err})") from err
+                if weights_file:
+                    raise CheckpointError(f"{weights_file}: cannot load these weights into {name} "
+                                          f"({type(err).__name__}: {err})") from err
+                raise CheckpointError(f"{source}: cannot get them ({type(err).__name__}: {err}); without network, "
+                                      f"fetch them first on a machine with network (docs/reproducing.md) "
+                                      f"or set pretrain.weights.file") from err
         # timm loads non-strictly when the classifier is replaced and only logs what was missing:
         # any missing encoder weight means the file does not fit the model.
         missing = [k for k in missing if not k.startswith("head.")]
