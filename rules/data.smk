@@ -19,6 +19,8 @@ rule prepare_dataset:
     resources:
         mem_mb=4000,
         runtime=120,
+    conda:
+        "../envs/stirflow.yaml"
     script:
         "../scripts/prepare_dataset.py"
 
@@ -39,6 +41,8 @@ rule prepare_corruption_set:
     resources:
         mem_mb=8000,
         runtime=120,
+    conda:
+        "../envs/stirflow.yaml"
     script:
         "../scripts/prepare_dataset.py"
 
@@ -50,7 +54,7 @@ rule corrupt_dataset:
         f"{RES}/corrupted/{{dataset}}.h5",
     params:
         robustness={k: config["robustness"][k] for k in ("corruptions", "severities", "n_images", "seed")},
-        code=code("corruptions", "robustness", "data"),
+        code=code("corruptions", "robustness", "data", "models", "training"),
     log:
         f"{RES}/logs/corrupt_dataset/{{dataset}}.log",
     benchmark:
@@ -59,5 +63,7 @@ rule corrupt_dataset:
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/stirflow.yaml"
     script:
         "../scripts/corrupt_dataset.py"

@@ -13,7 +13,7 @@ rule aggregate:
         runs=[run_config(config, r) for r in RUNS],
         analysis=config["analysis"],
         reference_run=config["robustness"]["reference_run"],
-        code=code("analysis"),
+        code=code("analysis", "robustness", "stir", "cka", "corruptions", "invert", "training", "models", "data"),
     log:
         f"{RES}/logs/aggregate/aggregate.log",
     benchmark:
@@ -21,6 +21,8 @@ rule aggregate:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/stirflow.yaml"
     script:
         "../scripts/aggregate.py"
 
@@ -45,5 +47,7 @@ rule figures:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/stirflow.yaml"
     script:
         "../scripts/figures.py"

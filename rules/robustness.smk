@@ -9,7 +9,7 @@ rule robustness:
         f"{RES}/runs/{{run}}/robustness/epoch_{{epoch}}.h5",
     params:
         device=config["compute"]["device"],
-        code=code("robustness", "training", "models", "data"),
+        code=code("robustness", "corruptions", "training", "models", "data"),
     log:
         f"{RES}/logs/robustness/{{run}}/epoch_{{epoch}}.log",
     benchmark:
@@ -18,5 +18,7 @@ rule robustness:
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/stirflow.yaml"
     script:
         "../scripts/robustness.py"

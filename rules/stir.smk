@@ -26,6 +26,8 @@ rule invert:
     resources:
         mem_mb=4000,
         runtime=120,
+    conda:
+        "../envs/stirflow.yaml"
     script:
         "../scripts/invert.py"
 
@@ -44,7 +46,7 @@ rule stir_scores:
         representation=config["stir"]["representation"],
         similarity=config["stir"]["similarity"],
         device=config["compute"]["device"],
-        code=code("stir", "cka", "models", "data"),
+        code=code("stir", "cka", "invert", "models", "data"),
     log:
         f"{RES}/logs/stir_scores/{{run}}/epoch_{{epoch}}.log",
     benchmark:
@@ -53,5 +55,7 @@ rule stir_scores:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../envs/stirflow.yaml"
     script:
         "../scripts/stir_scores.py"

@@ -23,6 +23,8 @@ rule pretrain:
     resources:
         mem_mb=8000,
         runtime=600,
+    conda:
+        "../envs/stirflow.yaml"
     script:
         "../scripts/pretrain.py"
 
@@ -49,5 +51,7 @@ rule finetune:
     resources:
         mem_mb=8000,
         runtime=1440,
+    conda:
+        "../envs/stirflow.yaml"
     script:
         "../scripts/finetune.py"

@@ -82,7 +82,7 @@ def _key_path(path: Iterable[Any]) -> str:
 
 
 def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A validated copy of ``config`` with every default filled in; raises :class:`ConfigError`."""
+    """A validated copy of ``config``, every default filled in, keys sorted; raises :class:`ConfigError`."""
     import jsonschema
 
     schema = schema or load_schema()
@@ -93,7 +93,21 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
         raise ConfigError("invalid configuration:\n" + "\n".join(_explain(e) for e in errors))
     _fill_defaults(config, schema, schema)
     _check_references(config)
-    return config
+    return _sorted_keys(config)
+
+
+def _sorted_keys(value: Any) -> Any:
+    """``value`` with every mapping's keys in sorted order (lists keep theirs).
+
+    Rules get config sections as ``params:``, which Snakemake records and compares by their
+    ``repr``: without a canonical order, reordering keys in a config file, or spelling out a
+    default, would look like a change and rerun jobs.
+    """
+    if isinstance(value, dict):
+        return {k: _sorted_keys(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(v) for v in value]
+    return value
 
 
 def _explain(error) -> str:

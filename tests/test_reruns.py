@@ -1,0 +1,395 @@
+"""Incremental reruns: a changed setting or library module reruns exactly the jobs that depend on it.
+
+Every test starts from the session's completed smoke run (a private copy). What should rerun is
+computed, never typed in: the jobs whose own settings change (each case names the rule, or the
+rule and wildcard, whose ``params:`` hold the setting), the jobs whose outputs do not exist yet
+(a new run or block), and every job downstream of those in the DAG that Snakemake builds for the
+changed config (a forced dry run). What does rerun is read from a dry run's job list.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import xarray as xr
+from PIL import Image
+
+from conftest import REPO, SMOKE_CONFIG, write_config
+from conftest import snakemake as run_snakemake
+
+# --------------------------------------------------------------------------- dry-run job lists
+
+JOB_HEADER = re.compile(r"^(\s*)(?:local)?rule (\w+):$")  # indented inside a group job
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of a dry run, identified by its rule and output files."""
+
+    rule: str
+    output: tuple[str, ...]
+    input: tuple[str, ...] = field(default=(), compare=False)
+    wildcards: dict = field(default_factory=dict, compare=False, hash=False)
+    reason: str = field(default="", compare=False)
+
+    def __str__(self):
+        wc = ",".join(f"{k}={v}" for k, v in self.wildcards.items())
+        return f"{self.rule}[{wc}]" if wc else self.rule
+
+
+def parse_jobs(text: str) -> set[Job]:
+    """The jobs a (non-quiet) dry run printed: rule, input, output, wildcards and reason of each."""
+    blocks: list[dict] = []
+    current, indent = None, ""
+    for line in text.splitlines():
+        m = JOB_HEADER.match(line)
+        if m:
+            indent, current = m.group(1) + "    ", {"rule": m.group(2)}
+            blocks.append(current)
+        elif current is not None and line.startswith(indent) and ": " in line:
+            key, value = line.strip().split(": ", 1)
+            current[key] = value
+        else:
+            current = None
+
+    def files(value):
+        return tuple(v for v in (value or "").split(", ") if v)
+
+    jobs = set()
+    for b in blocks:
+        wildcards = dict(kv.split("=", 1) for kv in files(b.get("wildcards")))
+        jobs.add(Job(b["rule"], files(b.get("output")), files(b.get("input")), wildcards, b.get("reason", "")))
+    return jobs
+
+
+def snakemake(workdir: Path, *args, configfile: Path | None = SMOKE_CONFIG, snakefile: Path = REPO / "Snakefile",
+              check: bool = True):
+    """conftest's snakemake() for the repository's Snakefile, or for a copy of the workflow."""
+    if snakefile == REPO / "Snakefile":
+        return run_snakemake(workdir, *args, configfile=configfile, check=check)
+    import os
+    import subprocess
+    import sys
+
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(snakefile), "--directory", str(workdir),
+           "--workflow-profile", str(snakefile.parent / "profiles" / "default")]
+    cmd += ["--configfile", str(configfile)] if configfile else []
+    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def dry_run(workdir: Path, configfile: Path = SMOKE_CONFIG, *args, **kwargs) -> set[Job]:
+    proc = snakemake(workdir, "-n", *args, configfile=configfile, **kwargs)
+    jobs = parse_jobs(proc.stdout)
+    if not jobs:
+        assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    return jobs
+
+
+def downstream(seeds: set[Job], dag: set[Job]) -> set[Job]:
+    """``seeds`` and every job of ``dag`` that consumes, directly or not, one of their outputs."""
+    consumers = defaultdict(set)
+    for job in dag:
+        for f in job.input:
+            consumers[f].add(job)
+    out, todo = set(seeds), list(seeds)
+    while todo:
+        for f in todo.pop().output:
+            for c in consumers[f] - out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def expected_reruns(dag: set[Job], workdir: Path, changed: Callable[[Job], bool]) -> set[Job]:
+    """Jobs with changed params (``changed``), jobs with missing outputs, and all jobs downstream."""
+    seeds = {j for j in dag if changed(j)}
+    seeds |= {j for j in dag if j.output and not all((workdir / f).exists() for f in j.output)}
+    return downstream(seeds, dag)
+
+
+def by_rule(jobs) -> dict[str, int]:
+    return dict(sorted(Counter(j.rule for j in jobs).items()))
+
+
+def assert_same_jobs(got: set[Job], want: set[Job], what: str) -> None:
+    extra = sorted(map(str, got - want))
+    missing = sorted(map(str, want - got))
+    assert not extra and not missing, (
+        f"{what}: would run {by_rule(got)}, expected {by_rule(want)}\n"
+        f"  unexpected: {extra[:10]}\n  missing: {missing[:10]}\n"
+        + "\n".join(f"  {j}: {j.reason}" for j in sorted(got - want, key=str)[:5]))
+    print(f"{what}: {by_rule(got)}")
+
+
+def rule_is(rule: str, **wildcards) -> Callable[[Job], bool]:
+    return lambda j: j.rule == rule and all(j.wildcards.get(k) == v for k, v in wildcards.items())
+
+
+@pytest.fixture(scope="module")
+def base(smoke_run, tmp_path_factory) -> Path:
+    """A copy of the completed smoke run that only dry runs use (they change nothing)."""
+    dst = tmp_path_factory.mktemp("reruns") / "run"
+    shutil.copytree(smoke_run, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def smoke_dag(base) -> set[Job]:
+    """Every job of the smoke config, with its inputs and outputs (a forced dry run)."""
+    return dry_run(base, SMOKE_CONFIG, "--forceall")
+
+
+# --------------------------------------------------------------------------- config changes
+
+def test_completed_run_is_up_to_date(base, smoke_dag):
+    assert dry_run(base) == set()
+    assert {"prepare_dataset", "pretrain", "finetune", "invert", "stir_scores", "robustness", "corrupt_dataset",
+            "aggregate", "figures", "all"} <= set(by_rule(smoke_dag)), by_rule(smoke_dag)
+
+
+def test_key_order_and_spelled_out_defaults_change_nothing(base, tmp_path):
+    """The same settings written differently: keys sorted (write_config dumps them sorted) and
+    defaults given explicitly."""
+    config = write_config(tmp_path / "same.yaml", stir={"seed": 0, "start": "noise"}, figures={"dpi": 150},
+                          track_code_changes=True)
+    assert dry_run(base, config) == set()
+
+
+# (change to configs/smoke.yaml, the jobs whose params hold the changed setting)
+STAGE_CHANGES = {
+    "dataset size": ({"datasets": {"shapes": {"n_train": 256}}}, rule_is("prepare_dataset", dataset="shapes")),
+    "pretraining": ({"pretrain": {"optimizer": {"lr": 0.001}}}, rule_is("pretrain")),
+    "finetuning": ({"finetune": {"optimizer": {"lr": 0.02}}}, rule_is("finetune")),
+    "stir steps": ({"stir": {"steps": 30}}, rule_is("invert")),
+    "corruption list": ({"robustness": {"corruptions": ["contrast"]}}, rule_is("corrupt_dataset")),
+    "plot option": ({"figures": {"dpi": 60}}, rule_is("figures")),
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGE_CHANGES))
+def test_changed_setting_reruns_only_dependent_jobs(stage, base, smoke_dag, tmp_path):
+    change, changed = STAGE_CHANGES[stage]
+    config = write_config(tmp_path / "changed.yaml", **change)
+    got = dry_run(base, config)
+    want = expected_reruns(smoke_dag, base, changed)
+    assert want != smoke_dag and {j for j in smoke_dag if changed(j)}, "the case must leave some jobs alone"
+    assert_same_jobs(got, want, stage)
+    for job in got:
+        if changed(job):
+            assert job.reason.startswith("Params have changed"), (str(job), job.reason)
+        else:
+            assert "updated by another job" in job.reason, (str(job), job.reason)
+
+
+def test_new_finetuning_target_runs_only_new_jobs(base, tmp_path):
+    smoke = write_config(tmp_path / "smoke.yaml")
+    import yaml
+
+    runs = yaml.safe_load(smoke.read_text())["finetune"]["runs"]
+    config = write_config(tmp_path / "more.yaml", finetune={"runs": runs + [{"target": "shapes", "init": "pretrained"}]})
+    dag = dry_run(base, config, "--forceall")
+    got = dry_run(base, config)
+    # new jobs: those whose outputs do not exist; aggregate's params list the runs
+    want = expected_reruns(dag, base, rule_is("aggregate"))
+    assert_same_jobs(got, want, "new finetuning target")
+    assert {j.rule for j in got} >= {"finetune", "corrupt_dataset", "invert", "stir_scores", "robustness"}
+    assert all(j.wildcards.get("run", "shapes-pretrained") == "shapes-pretrained" for j in got), sorted(map(str, got))
+    assert not any(j.rule in ("pretrain", "prepare_dataset") for j in got)
+
+
+def read_summary(workdir: Path) -> xr.Dataset:
+    with xr.open_dataset(workdir / "results" / "summary.nc", engine="h5netcdf") as ds:
+        return ds.load()
+
+
+def mtimes(workdir: Path) -> dict[str, float]:
+    root = workdir / "results"
+    return {str(p.relative_to(workdir)): p.stat().st_mtime for p in root.rglob("*")
+            if p.is_file() and "logs" not in p.parts and "benchmarks" not in p.parts}
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+@pytest.mark.slow
+def test_rerun_after_changes_and_adding_a_block(smoke_copy, tmp_path):
+    """A real run after changing the corruption list, a plot option and the STIR blocks (block 2 dropped,
+    as if it had never been inverted); the summary reflects the change. Adding block 2 back runs
+    only its inversions, the scores and what follows."""
+    work = smoke_copy
+    before = read_summary(work)
+    figure = next((work / "results" / "figures").glob("*.png"))
+    old_size = png_size(figure)
+    dropped = sorted(work.glob("results/runs/*/inversions/*/blocks_02.h5"))
+    assert dropped, "no inversion files of block 2"
+    for path in dropped:
+        path.unlink()
+    change = {"robustness": {"corruptions": ["contrast"]}, "figures": {"dpi": 75}, "stir": {"blocks": [1]}}
+    config = write_config(tmp_path / "changed.yaml", **change)
+    dag = dry_run(work, config, "--forceall")
+    got = dry_run(work, config)
+    params_change = lambda j: j.rule in ("corrupt_dataset", "stir_scores", "figures")  # noqa: E731
+    assert_same_jobs(got, expected_reruns(dag, work, params_change), "corruptions + dpi + blocks [1]")
+    assert "invert" not in by_rule(got) and "finetune" not in by_rule(got)
+
+    untouched = {k: v for k, v in mtimes(work).items()
+                 if not any(f in k for f in ("/robustness/", "/stir/", "/corrupted/", "summary.nc", "/figures/",
+                                              "/tables/"))}
+    t0 = time.time()
+    snakemake(work, "--cores", "2", configfile=config)
+    print(f"rerun: {time.time() - t0:.1f} s")
+    assert dry_run(work, config) == set(), "a second run after the change must have nothing to do"
+    after_mtimes = mtimes(work)
+    assert {k: after_mtimes[k] for k in untouched} == untouched, "files of jobs that did not need to run changed"
+
+    after = read_summary(work)
+    assert list(after.corruption.values) == ["contrast"]
+    assert list(after.layer.values) == [1]
+    # what did not change is the same numbers: a selection of the summary before
+    for name in ("forgetting", "learning", "flow", "cka"):
+        sel = {"layer": [1]} if "layer" in before[name].dims else {"layer_ref": [1], "layer_eval": [1]}
+        np.testing.assert_array_equal(after[name].values, before[name].sel(sel).values, err_msg=name)
+    np.testing.assert_array_equal(after["clean_score"].values, before["clean_score"].values)
+    np.testing.assert_array_equal(after["corrupted_score"].values,
+                                  before["corrupted_score"].sel(corruption=["contrast"]).values)
+    new_size = png_size(figure)
+    assert new_size != old_size and abs(new_size[0] / old_size[0] - 75 / 150) < 0.05, (old_size, new_size)
+
+    # adding block 2 back: its inversions (missing) and the scores (params: blocks), then what follows
+    config2 = write_config(tmp_path / "blocks.yaml", **{**change, "stir": {"blocks": "all"}})
+    dag2 = dry_run(work, config2, "--forceall")
+    got2 = dry_run(work, config2)
+    assert_same_jobs(got2, expected_reruns(dag2, work, rule_is("stir_scores")), "block 2 added")
+    assert {j.wildcards.get("blocks") for j in got2 if j.rule == "invert"} == {"02"}
+
+
+# --------------------------------------------------------------------------- library code
+
+NOT_TRACKED = {"workflow", "config"}  # logging glue; config validation (see docs/reruns.md)
+
+
+def stirflow_imports(path: Path) -> set[str]:
+    """stirflow modules a file imports anywhere (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif node.module and node.module.startswith("stirflow."):
+                found.add(node.module.split(".")[1])
+            elif node.module == "stirflow":
+                found |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("stirflow.")}
+    return found
+
+
+def script_modules(script: Path, src: Path) -> set[str]:
+    """The stirflow modules a script uses, directly or through other stirflow modules."""
+    seen, todo = set(), list(stirflow_imports(script) - NOT_TRACKED)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += stirflow_imports(src / "stirflow" / f"{name}.py") - NOT_TRACKED
+    return seen
+
+
+def declared_code(root: Path) -> dict[str, tuple[str, set[str]]]:
+    """{rule: (script name, modules given to code(...))} from the rule files."""
+    out = {}
+    for path in sorted((root / "rules").glob("*.smk")):
+        parts = re.split(r"^rule (\w+):\n", path.read_text(), flags=re.M)
+        for name, body in zip(parts[1::2], parts[2::2]):
+            script = re.search(r"script:\s*\n\s*\"\.\./scripts/(\w+)\.py\"", body)
+            code = re.search(r"code=code\(([^)]*)\)", body)
+            if script:
+                out[name] = (script.group(1), set(re.findall(r"\"(\w+)\"", code.group(1))) if code else set())
+    return out
+
+
+def test_each_rule_tracks_the_modules_its_script_uses():
+    rules = declared_code(REPO)
+    assert "finetune" in rules and "aggregate" in rules
+    for rule, (script, declared) in rules.items():
+        uses = script_modules(REPO / "scripts" / f"{script}.py", REPO / "src")
+        assert declared == uses, f"rule {rule}: code({sorted(declared)}) but scripts/{script}.py uses {sorted(uses)}"
+
+
+def copy_workflow(dst: Path) -> Path:
+    """A copy of the workflow and its library, to edit a module without touching the real one."""
+    dst.mkdir()
+    shutil.copy2(REPO / "Snakefile", dst / "Snakefile")
+    shutil.copy2(REPO / "config.yaml", dst / "config.yaml")
+    for name in ("rules", "scripts", "src", "schemas", "profiles", "report", "envs"):
+        shutil.copytree(REPO / name, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def workflow_copy(tmp_path_factory) -> Path:
+    return copy_workflow(tmp_path_factory.mktemp("library") / "workflow")
+
+
+def rules_using(module: str, root: Path) -> set[str]:
+    return {rule for rule, (script, _) in declared_code(root).items()
+            if module in script_modules(root / "scripts" / f"{script}.py", root / "src")}
+
+
+def edit(path: Path) -> str:
+    """Append a comment to a module (a change of its source, as any edit would be); returns the old text."""
+    text = path.read_text()
+    path.write_text(text + "\n# an edit\n")
+    return text
+
+
+def test_copy_of_the_library_changes_nothing(base, workflow_copy):
+    assert dry_run(base, snakefile=workflow_copy / "Snakefile") == set()
+
+
+@pytest.mark.parametrize("module", ["plots", "analysis", "corruptions", "cka"])
+def test_library_change_reruns_rules_that_use_it(module, base, smoke_dag, workflow_copy):
+    path = workflow_copy / "src" / "stirflow" / f"{module}.py"
+    rules = rules_using(module, workflow_copy)
+    assert rules, module
+    text = edit(path)
+    try:
+        got = dry_run(base, snakefile=workflow_copy / "Snakefile")
+    finally:
+        path.write_text(text)
+    assert_same_jobs(got, expected_reruns(smoke_dag, base, lambda j: j.rule in rules), f"edit of {module}.py")
+    for job in got:  # a job with rerunning inputs is reported for those alone
+        if job.rule in rules and "updated by another job" not in job.reason:
+            assert job.reason.startswith("Params have changed"), (str(job), job.reason)
+
+
+def test_code_tracking_can_be_switched_off(smoke_copy, smoke_dag, tmp_path):
+    """track_code_changes: false makes library edits invisible. Switching it changes every rule's
+    params once; --touch accepts that without recomputing anything."""
+    workflow = copy_workflow(tmp_path / "workflow")
+    snakefile = workflow / "Snakefile"
+    off = ("--config", "track_code_changes=False")  # Snakemake reads True/False here, not YAML
+    summary = smoke_copy / "results" / "summary.nc"
+    content = summary.read_bytes()
+    snakemake(smoke_copy, "--touch", "--cores", "1", *off, snakefile=snakefile)
+    assert summary.read_bytes() == content
+    assert dry_run(smoke_copy, SMOKE_CONFIG, *off, snakefile=snakefile) == set()
+    edit(workflow / "src" / "stirflow" / "plots.py")
+    assert dry_run(smoke_copy, SMOKE_CONFIG, *off, snakefile=snakefile) == set(), "an untracked edit reran jobs"
+    # switched on again, the recorded "untracked" differs from every hash: everything would rerun
+    assert_same_jobs(dry_run(smoke_copy, snakefile=snakefile), smoke_dag, "tracking switched on again")
