@@ -22,8 +22,10 @@ def expected_jobs(config: dict) -> dict[str, int]:
     per_job = config["stir"]["blocks_per_job"] or n_blocks
     n_groups = -(-n_blocks // per_job)
     n_epochs = config["finetune"]["epochs"] + 1
+    corrupted_sources = {config["datasets"][t].get("corrupted") for t in targets} - {None}
     jobs = {
         "prepare_dataset": len(used),
+        "prepare_corruption_set": len(corrupted_sources),
         "corrupt_dataset": len(targets),
         "finetune": len(runs),
         "invert": len(runs) * n_stir_epochs * n_groups,
@@ -35,7 +37,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
     }
     if config["pretrain"]["weights"] is None:
         jobs["pretrain"] = 1
-    return jobs
+    return {rule: n for rule, n in jobs.items() if n}
 
 
 def test_default_config_dag(tmp_path):
