@@ -7,9 +7,13 @@ from stirflow.workflow import log, run_script
 
 
 def main(sm):
-    with xr.open_dataset(sm.input.summary, engine="h5netcdf") as ds:
-        for path in draw_all(ds.load(), sm.params.directory, sm.params.figures):
-            log.info("wrote %s", path)
+    try:
+        with xr.open_dataset(sm.input.summary, engine="h5netcdf") as ds:
+            ds = ds.load()
+    except (OSError, ValueError) as err:  # h5py's message for a truncated file does not name it
+        raise OSError(f"{sm.input.summary}: cannot read the summary ({err})") from err
+    for path in draw_all(ds, sm.params.directory, sm.params.figures):
+        log.info("wrote %s", path)
 
 
 run_script(snakemake, main)  # noqa: F821

@@ -1,0 +1,223 @@
+"""Faults and bad input: a killed training job resumes exactly, the same config gives the same
+summary.nc, corrupt inputs and non-finite losses stop with clear messages, bad configs stop early."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from conftest import REPO, SMOKE_CONFIG, SNAKEMAKE, snakemake, write_config
+
+KILLED_RUN = "digits-scratch"
+
+
+def output_files(workdir: Path) -> set[str]:
+    """Every data and result file (logs and benchmarks left out)."""
+    return {str(p.relative_to(workdir)) for top in ("data", "results") for p in (workdir / top).rglob("*")
+            if p.is_file() and "logs" not in p.parts and "benchmarks" not in p.parts}
+
+
+def failed_outputs(text: str) -> set[str]:
+    """The output files of the jobs Snakemake reports as failed ("Error in rule ...")."""
+    out = set()
+    for block in re.findall(r"Error in rule \w+:\n(.*?)(?:\n\S|\Z)", text, flags=re.S):
+        m = re.search(r"^\s+output: (.*)$", block, flags=re.M)
+        if m:
+            out |= set(m.group(1).split(", "))
+    return out
+
+
+def checkpoint_differences(a: Path, b: Path) -> list[str]:
+    """What differs between two checkpoints: every tensor bit for bit, every other entry by value
+    (the epoch's wall time left out). The files' bytes always differ: torch writes a random id."""
+    ca, cb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+    diffs = []
+    if ca.keys() != cb.keys():
+        return [f"keys {sorted(ca)} != {sorted(cb)}"]
+    for key in ca:
+        if key == "state_dict":
+            if ca[key].keys() != cb[key].keys():
+                diffs.append("state_dict keys")
+            diffs += [f"state_dict.{k}" for k in ca[key]
+                      if ca[key][k].dtype != cb[key][k].dtype or ca[key][k].shape != cb[key][k].shape
+                      or ca[key][k].cpu().numpy().tobytes() != cb[key][k].cpu().numpy().tobytes()]
+        elif key == "metrics":
+            if {k: v for k, v in ca[key].items() if k != "seconds"} != {k: v for k, v in cb[key].items() if k != "seconds"}:
+                diffs.append(f"metrics {ca[key]} != {cb[key]}")
+        elif ca[key] != cb[key]:
+            diffs.append(f"{key}: {ca[key]!r} != {cb[key]!r}")
+    return diffs
+
+
+def training_process(root: psutil.Process, log: Path) -> psutil.Process | None:
+    """The script process (a descendant of ``root``) that writes ``log``."""
+    for proc in root.children(recursive=True):
+        try:
+            if any("finetune.py" in part for part in proc.cmdline()) and \
+                    any(Path(f.path).resolve() == log.resolve() for f in proc.open_files()):
+                return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory) -> dict:
+    """configs/smoke.yaml run in a fresh directory; the finetuning of one run is killed (SIGKILL) in
+    the middle of epoch 1, then the same command runs again to the end."""
+    root = tmp_path_factory.mktemp("killed")
+    work = root / "run"
+    log = work / "results" / "logs" / "finetune" / f"{KILLED_RUN}.log"
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+           "--workflow-profile", str(REPO / "profiles" / "default"), "--configfile", str(SMOKE_CONFIG), "--cores", "2"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.time()
+    console = root / "first.out"
+    with open(console, "w") as out:
+        first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    killed_at, proc = None, None
+    try:
+        deadline = time.time() + 900
+        while killed_at is None and first.poll() is None and time.time() < deadline:
+            if proc is None and log.is_file():  # find the process first, to kill it without delay
+                proc = training_process(psutil.Process(first.pid), log)
+            if proc is not None and re.search(rf"{KILLED_RUN}: epoch 1 step \d+/\d+", log.read_text()):
+                proc.send_signal(signal.SIGKILL)
+                killed_at = log.read_text()
+            time.sleep(0.01)
+        first.wait(timeout=900)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    output = console.read_text()
+    assert killed_at is not None, f"the finetuning of {KILLED_RUN} was never seen in epoch 1:\n{output[-4000:]}"
+    assert first.returncode != 0, output[-4000:]
+    done = [int(e) for e in re.findall(rf"{KILLED_RUN}: epoch (\d+)/\d+ ", killed_at)]
+    assert done, killed_at
+    resume_states = list((work / "results" / ".resume" / KILLED_RUN).glob("*/state.pt"))
+    assert len(resume_states) == 1, resume_states
+    rerun = snakemake(work, "--cores", "2")
+    print(f"{KILLED_RUN} killed after epoch {max(done)}; both runs {time.time() - t0:.0f} s")
+    return {"work": work, "log": log, "last_done": max(done), "first_output": output, "rerun": rerun}
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_bit_identical(resumed_run, smoke_run):
+    work, last_done = resumed_run["work"], resumed_run["last_done"]
+    text = resumed_run["log"].read_text()
+    assert f"{KILLED_RUN}: resuming after epoch {last_done}" in text, text[-3000:]
+    epochs = sorted((smoke_run / "results" / "runs" / KILLED_RUN / "checkpoints").glob("epoch_*.pt"))
+    assert last_done < len(epochs) - 1, "the job was killed after its last epoch"
+    for reference in epochs:
+        resumed = work / "results" / "runs" / KILLED_RUN / "checkpoints" / reference.name
+        assert checkpoint_differences(resumed, reference) == [], reference.name
+    history = json.loads((work / "results" / "runs" / KILLED_RUN / "history.json").read_text())
+    reference_history = json.loads((smoke_run / "results" / "runs" / KILLED_RUN / "history.json").read_text())
+    strip = lambda h: [{k: v for k, v in rec.items() if k != "seconds"} for rec in h]  # noqa: E731
+    assert strip(history) == strip(reference_history)
+
+
+@pytest.mark.slow
+def test_same_seed_and_config_give_the_same_summary(resumed_run, smoke_run):
+    """Two runs of configs/smoke.yaml in two directories (one killed and resumed): summary.nc is the
+    same file, byte for byte."""
+    a = (resumed_run["work"] / "results" / "summary.nc").read_bytes()
+    b = (smoke_run / "results" / "summary.nc").read_bytes()
+    assert a == b
+
+
+# --------------------------------------------------------------------------- corrupt inputs
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+CORRUPT_INPUTS = {
+    "dataset": lambda w: w / "data" / "digits" / "test.h5",
+    "inversion": lambda w: sorted(w.glob("results/runs/*/inversions/epoch_001/*.h5"))[0],
+    "checkpoint": lambda w: w / "results" / "runs" / "digits-scratch" / "checkpoints" / "epoch_001.pt",
+    "summary": lambda w: w / "results" / "summary.nc",
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPT_INPUTS))
+def test_corrupt_input_stops_the_job_naming_the_file(kind, smoke_copy):
+    work = smoke_copy
+    bad = CORRUPT_INPUTS[kind](work)
+    truncate(bad)
+    before = output_files(work)
+    proc = snakemake(work, "--cores", "1", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-3000:]
+    rel = str(bad.relative_to(work))
+    messages = [line for line in text.splitlines() if line.startswith("stirflow: rule")]
+    assert messages and all(rel in line for line in messages), (rel, messages, text[-3000:])
+    assert bad.is_file(), "the bad input itself was removed"
+    lost = before - output_files(work)
+    assert lost <= failed_outputs(text), f"outputs of other jobs were removed: {sorted(lost - failed_outputs(text))}"
+
+
+# --------------------------------------------------------------------------- non-finite losses
+
+def test_non_finite_training_loss_stops_with_run_epoch_step(smoke_copy, tmp_path):
+    work = smoke_copy
+    config = write_config(tmp_path / "nan.yaml", finetune={"optimizer": {"lr": 1e12}})
+    target = f"results/runs/{KILLED_RUN}/history.json"
+    before = output_files(work)
+    proc = snakemake(work, "--cores", "1", target, configfile=config, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(rf"{KILLED_RUN}: non-finite training loss \(\S+\) at epoch 1, step \d+", text), text[-3000:]
+    assert not (work / target).exists()
+    written = [p for p in (work / "results" / "runs" / KILLED_RUN).rglob("epoch_*.pt") if p.name != "epoch_000.pt"]
+    assert written == [], "checkpoints of a diverged run were written"
+    new_resume = [d for d in (work / "results" / ".resume" / KILLED_RUN).iterdir()
+                  if not (d / "epoch_001.pt").exists()]
+    assert len(new_resume) == 1 and not list(new_resume[0].glob("epoch_00[1-9].pt"))
+    assert before - output_files(work) <= failed_outputs(text)
+
+
+def test_non_finite_inversion_loss_stops_with_run_epoch_step(smoke_copy):
+    work = smoke_copy
+    checkpoint = work / "results" / "runs" / KILLED_RUN / "checkpoints" / "epoch_001.pt"
+    ckpt = torch.load(checkpoint, weights_only=False)
+    ckpt["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                          for k, v in ckpt["state_dict"].items()}
+    checkpoint.unlink()  # a new file: the resume directory's hard link keeps the good one
+    torch.save(ckpt, checkpoint)
+    inversion = sorted((work / "results" / "runs" / KILLED_RUN / "inversions" / "epoch_001").glob("*.h5"))[0]
+    target = str(inversion.relative_to(work))
+    proc = snakemake(work, "--cores", "1", target, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(rf"{KILLED_RUN} epoch 1 .*inversion loss is not finite at step \d+", text), text[-3000:]
+    assert not inversion.exists(), "an inversion of a NaN model was written"
+
+
+# --------------------------------------------------------------------------- config errors
+
+@pytest.mark.parametrize("changes,keys", [
+    ({"stirr": {"steps": 3}, "stir": {"steps": "many", "blocks": [0]}, "compute": {"threads": 1.5}},
+     ["unknown key stirr", "stir.steps", "stir.blocks", "compute.threads"]),
+    ({"finetune": {"runs": [{"target": "mnist"}]}, "pretrain": {"dataset": "imagenet"}, "stir": {"blocks": [1, 3]}},
+     ["finetune.runs.0.target", "mnist", "pretrain.dataset", "imagenet", "stir.blocks", "[3]"]),
+], ids=["schema", "references"])
+def test_config_errors_stop_before_any_job(changes, keys, tmp_path):
+    config = write_config(tmp_path / "bad.yaml", **changes)
+    work = tmp_path / "work"
+    proc = snakemake(work, "--cores", "1", configfile=config, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for key in keys:
+        assert key in text, (key, text[-3000:])
+    assert not (work / "results").exists() and not (work / "data").exists()
