@@ -11,6 +11,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+report: "report/workflow.rst"
+
+
 # The embedded default applies only when no --configfile is given: a user's config file replaces it
 # whole (every default lives in the schema), so settings of the tiny default never leak into it.
 if not workflow.overwrite_configfiles:

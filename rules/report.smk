@@ -1,4 +1,29 @@
 # Aggregation of every score into one xarray Dataset, and the figures drawn from it alone.
+# Outputs marked report() make up `snakemake --report results/report.html`: every figure (PNG and
+# PDF) with its caption from report/<figure>.rst, and the CSV tables. The landing page
+# (report/workflow.rst, the Snakefile's `report:`) describes the workflow and shows the config.
+
+# Where each figure goes in the report (subcategory) and its name there.
+REPORT_FIGURES = {
+    "learning_forgetting": ("1. Invariances", "Learning and forgetting per block"),
+    "flow_matrices": ("1. Invariances", "Invariance flow matrices, STIR both ways and CKA"),
+    "stir_over_epochs": ("1. Invariances", "Learning and forgetting per block and epoch"),
+    "within_model": ("1. Invariances", "Within-model STIR, before and after finetuning"),
+    "spread_vs_robustness": ("2. Robustness", "Forgetting spread against robustness"),
+    "robustness_per_corruption": ("2. Robustness", "Robustness per corruption and severity"),
+    "training_curves": ("3. Training", "Training curves"),
+}
+
+
+def report_figure(name, ext):
+    subcategory, title = REPORT_FIGURES.get(name, ("Other", name))
+    return report(
+        f"{RES}/figures/{name}.{ext}",
+        caption=f"../report/{name}.rst",
+        category="Figures",
+        subcategory=subcategory,
+        labels={"figure": title, "format": ext.upper()},
+    )
 
 
 rule aggregate:
@@ -8,7 +33,18 @@ rule aggregate:
         histories=[f"{RES}/runs/{r}/history.json" for r in RUNS],
     output:
         summary=f"{RES}/summary.nc",
-        correlations=f"{RES}/tables/correlations.csv",
+        correlations=report(
+            f"{RES}/tables/correlations.csv",
+            caption="../report/correlations.rst",
+            category="Tables",
+            labels={"table": "Forgetting spread against robustness; early-stopping indicator"},
+        ),
+        checkpoints=report(
+            f"{RES}/tables/checkpoints.csv",
+            caption="../report/checkpoints.rst",
+            category="Tables",
+            labels={"table": "Robustness of every checkpoint"},
+        ),
     params:
         runs=[run_config(config, r) for r in RUNS],
         analysis=config["analysis"],
@@ -31,11 +67,7 @@ rule figures:
     input:
         summary=f"{RES}/summary.nc",
     output:
-        [
-            report(f"{RES}/figures/{name}.{ext}", caption=f"../report/{name}.rst", category="Figures")
-            for name in FIGURES
-            for ext in config["figures"]["formats"]
-        ],
+        [report_figure(name, ext) for name in FIGURES for ext in config["figures"]["formats"]],
     params:
         figures=config["figures"],
         directory=f"{RES}/figures",

@@ -1,5 +1,7 @@
 """aggregate: every score into results/summary.nc (xarray, NetCDF4 through h5netcdf) and the CSV tables."""
 
+import json
+
 from stirflow.analysis import aggregate, summarise, write_tables
 from stirflow.workflow import log, run_script
 
@@ -8,9 +10,10 @@ def main(sm):
     ds = aggregate(sm.params.runs, sm.input.stir, sm.input.robustness, sm.input.histories,
                    reference_run=sm.params.reference_run)
     ds = summarise(ds, sm.params.analysis)
-    ds.attrs["analysis"] = str(dict(sm.params.analysis))
+    ds.attrs["analysis"] = json.dumps(dict(sm.params.analysis), sort_keys=True)
+    ds.attrs["reference_run"] = sm.params.reference_run or ""
     ds.to_netcdf(sm.output.summary, engine="h5netcdf")
-    write_tables(ds, sm.output.correlations)
+    write_tables(ds, sm.output.correlations, sm.output.checkpoints)
     log.info("%s", ds)
 
 

@@ -1,13 +1,29 @@
 """Aggregation of every score into one xarray Dataset, and the forgetting-spread analysis.
 
 ``summary.nc`` dimensions: ``run``, ``epoch``, ``layer`` (block, 1-based), ``layer_ref`` /
-``layer_eval`` (matrix rows / columns), ``corruption``, ``severity``, ``scope`` (correlation
-subsets). Run coordinates ``target``, ``init`` and ``task`` say what each run is. Scores that
-were not computed for an epoch (STIR only at ``stir.epochs``) are NaN.
+``layer_eval`` (matrix rows / columns), ``corruption``, ``severity``, and for the correlation
+table ``task_kind`` × ``scope`` (``"all"`` or ``"first_<k>"``). Run coordinates ``target``,
+``init`` and ``task`` say what each run is. Scores that were not computed for an epoch (STIR only
+at ``stir.epochs``) are NaN.
+
+Robustness has a direction that depends on the task: for classification it is an accuracy
+(higher is better), for reconstruction an L1 error (lower is better). ``robustness`` and
+``corrupted_score`` keep the measured values; ``robustness_oriented`` is ``robustness`` times
+:data:`ROBUSTNESS_DIRECTION` (accuracy, or minus the error), so that higher always means more
+robust. The correlations and the early-stopping indicator use ``robustness_oriented``: a positive
+r means "more forgetting spread goes with more robustness" for every task.
+
+Epoch 0 (the model before finetuning) is left out of the correlations and of the indicator. At
+epoch 0 the model is compared with itself, so Forgetting is 0 up to inversion noise and the
+spread is ~0 for every run, while its robustness is that of an untrained head (chance accuracy
+for a pretrained backbone, and for a scratch run an untrained network). Such points are not part
+of the finetuning trajectory the indicator has to choose from, and one such outlier per run
+would decide the correlation by itself.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,19 +32,29 @@ import numpy as np
 import xarray as xr
 
 __all__ = [
+    "ROBUSTNESS_DIRECTION",
     "aggregate",
     "correlation",
     "correlation_table",
     "early_stopping_table",
     "forgetting_spread",
+    "relative_error",
+    "summarise",
+    "write_tables",
 ]
 
 MATRICES = ("flow", "flow_reverse", "cka", "within_ref", "within_eval")
 HISTORY_KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "train_l1_error", "test_l1_error", "lr")
+#: +1 where the robustness score is an accuracy (higher is better), −1 where it is an error.
+ROBUSTNESS_DIRECTION = {"classification": 1.0, "reconstruction": -1.0}
+#: What ``robustness`` measures, and what ``robustness_oriented`` is, per task (for tables and labels).
+ROBUSTNESS_MEASURE = {"classification": "mean corrupted accuracy", "reconstruction": "mean corrupted L1 error"}
+ORIENTED_MEASURE = {"classification": "mean corrupted accuracy", "reconstruction": "minus mean corrupted L1 error"}
 
 
 def forgetting_spread(forgetting: xr.DataArray) -> xr.DataArray:
-    """Standard deviation over layers of Forgetting(l, e) (population std, NaN where not scored)."""
+    """Standard deviation over layers of Forgetting(l, e): the population std (ddof = 0), NaN
+    wherever any layer was not scored (a spread over part of the layers is not comparable)."""
     return forgetting.std("layer", ddof=0, skipna=False)
 
 
@@ -50,10 +76,10 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     shape_l = (len(names), len(epochs), len(blocks))
     data = {k: np.full(shape_l, np.nan) for k in ("forgetting", "learning")}
     data.update({k: np.full(shape_l + (len(blocks),), np.nan) for k in MATRICES})
-    for scores, attrs in stir:
+    for (scores, attrs), path in zip(stir, stir_files):
         r, e = names.index(str(attrs["run"])), epochs.index(int(attrs["epoch"]))
         if [int(b) for b in scores["blocks"]] != blocks:
-            raise ValueError(f"STIR files of run {attrs['run']} cover different blocks")
+            raise ValueError(f"{path}: covers blocks {list(scores['blocks'])}, other STIR files {blocks}")
         for key in data:
             data[key][r, e] = scores[key]
 
@@ -63,8 +89,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
         if attrs["corruptions"] != corruptions or attrs["severities"] != severities:
             raise ValueError(f"{path}: scored other corruptions or severities than the other checkpoints")
         r, e = names.index(str(attrs["run"])), epochs.index(int(attrs["epoch"]))
-        clean_key = "clean_accuracy" if "clean_accuracy" in scores else "clean_error"
-        clean[r, e] = scores[clean_key]
+        clean[r, e] = scores["clean_accuracy" if "clean_accuracy" in scores else "clean_error"]
         corrupted[r, e] = scores["accuracy" if "accuracy" in scores else "error"]
 
     history = {k: np.full((len(names), len(epochs)), np.nan) for k in HISTORY_KEYS}
@@ -74,11 +99,12 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
                 if k in rec:
                     history[k][r, epochs.index(rec["epoch"])] = rec[k]
 
+    tasks = [r.get("task", "classification") for r in runs]
     coords = {
         "run": names, "epoch": epochs, "layer": blocks, "layer_ref": blocks, "layer_eval": blocks,
         "corruption": list(corruptions), "severity": list(severities),
-        "target": ("run", [r["target"] for r in runs]), "init": ("run", [r["init"] for r in runs]),
-        "task": ("run", [r["task"] for r in runs]),
+        "target": ("run", [r["target"] for r in runs]), "init": ("run", [r.get("init", "pretrained") for r in runs]),
+        "task": ("run", tasks),
     }
     dims_l, dims_m = ("run", "epoch", "layer"), ("run", "epoch", "layer_ref", "layer_eval")
     ds = xr.Dataset(coords=coords)
@@ -94,130 +120,309 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     for key, text in descriptions.items():
         ds[key] = (dims_m, data[key], {"description": text})
     ds["forgetting_spread"] = forgetting_spread(ds["forgetting"])
-    ds["forgetting_spread"].attrs["description"] = "standard deviation over layers of Forgetting(l, e)"
-    ds["clean_score"] = (("run", "epoch"), clean, {"description": "clean test accuracy (classification) or L1 error (reconstruction)"})
+    ds["forgetting_spread"].attrs["description"] = "population standard deviation over layers of Forgetting(l, e)"
+    ds["clean_score"] = (("run", "epoch"), clean,
+                         {"description": "clean test accuracy (classification) or L1 error (reconstruction)"})
     ds["corrupted_score"] = (("run", "epoch", "corruption", "severity"), corrupted,
-                             {"description": "accuracy (classification) or L1 error (reconstruction) on corrupted images"})
-    ds["robustness"] = ds["corrupted_score"].mean(("corruption", "severity"))
-    ds["robustness"].attrs["description"] = "mean over corruptions x severities of corrupted_score"
+                             {"description": "accuracy (classification) or L1 error (reconstruction) "
+                                             "on corrupted images"})
+    ds["robustness"] = ds["corrupted_score"].mean(("corruption", "severity"), skipna=False)
+    ds["robustness"].attrs["description"] = ("mean over corruptions x severities of corrupted_score "
+                                             "(accuracy: higher is better; L1 error: lower is better)")
+    ds["robustness_oriented"] = ds["robustness"] * direction(ds)
+    ds["robustness_oriented"].attrs["description"] = ("robustness with higher = more robust: the mean corrupted "
+                                                      "accuracy, or minus the mean corrupted L1 error")
     for k, v in history.items():
         if not np.isnan(v).all():
             ds[k] = (("run", "epoch"), v)
     if reference_run is not None:
+        ds["relative_corruption_error"] = relative_error(ds, reference_run, per_corruption=True)
         ds["relative_error"] = relative_error(ds, reference_run)
     return ds
 
 
-def relative_error(ds: xr.Dataset, reference_run: str) -> xr.DataArray:
-    """mCE-style: per corruption Σ_s error / Σ_s error of ``reference_run`` at its last epoch; mean over corruptions.
+def direction(ds: xr.Dataset) -> xr.DataArray:
+    """Per run: +1 where robustness is an accuracy, −1 where it is an error (:data:`ROBUSTNESS_DIRECTION`)."""
+    return xr.DataArray([ROBUSTNESS_DIRECTION[str(t)] for t in ds["task"].values], dims="run",
+                        coords={"run": ds.run.values})
 
-    Error is 1 − accuracy for classification, the L1 error for reconstruction.
+
+def relative_error(ds: xr.Dataset, reference_run: str, *, per_corruption: bool = False) -> xr.DataArray:
+    """mCE-style relative corruption error (Hendrycks & Dietterich 2019) against ``reference_run``.
+
+    ``CE_c = Σ_s E(c, s) / Σ_s E_ref(c, s)`` per corruption ``c``, with ``E_ref`` the reference run's
+    errors at its last epoch with robustness scores; the result is the mean of ``CE_c`` over
+    corruptions (or ``CE_c`` itself with ``per_corruption``). The error ``E`` is 1 − accuracy for
+    classification and the L1 error for reconstruction. Below 1: more robust than the reference.
+    Runs of another target or task than the reference were scored on other images or in other
+    units, so their relative error is NaN.
     """
-    is_cls = (ds["task"] == "classification")
+    if reference_run not in ds.run.values:
+        raise ValueError(f"robustness.reference_run: no run named {reference_run!r} "
+                         f"(runs: {', '.join(map(str, ds.run.values))})")
+    is_cls = ds["task"] == "classification"
     error = xr.where(is_cls, 1.0 - ds["corrupted_score"], ds["corrupted_score"])
-    ref = error.sel(run=reference_run).dropna("epoch", how="all").isel(epoch=-1)
-    ce = error.sum("severity", skipna=False) / ref.sum("severity")
-    out = ce.mean("corruption")
-    out.attrs["description"] = f"mCE-style relative corruption error against run {reference_run} (last epoch)"
+    ref = error.sel(run=reference_run).dropna("epoch", how="all")
+    if ref.sizes["epoch"] == 0:
+        raise ValueError(f"reference run {reference_run!r} has no robustness scores")
+    ref_sum = ref.isel(epoch=-1).sum("severity", skipna=False)
+    ref_sum = ref_sum.drop_vars([c for c in ref_sum.coords if c not in ref_sum.dims])
+    ce = error.sum("severity", skipna=False) / ref_sum.where(ref_sum > 0)
+    comparable = ((ds["target"] == ds["target"].sel(run=reference_run))
+                  & (ds["task"] == ds["task"].sel(run=reference_run)))
+    ce = ce.where(comparable)
+    out = ce if per_corruption else ce.mean("corruption", skipna=False)
+    out.attrs["description"] = (f"mCE-style relative corruption error against run {reference_run} at epoch "
+                                f"{int(ref.epoch[-1])}: sum over severities of the error divided by the reference's"
+                                + (" per corruption" if per_corruption else ", mean over corruptions")
+                                + " (NaN for runs of another target or task)")
+    out.attrs["reference_run"] = reference_run
     return out
 
 
 # --------------------------------------------------------------------------- correlation analysis
 
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair of ``x`` and ``y`` (B, n); NaN where either row is constant."""
+    degenerate = (np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(axis=1) / np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
+    r = np.clip(r, -1.0, 1.0)
+    r[degenerate] = np.nan
+    return r
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman ρ (Pearson r of average ranks, as scipy.stats.spearmanr) of each row pair."""
+    from scipy.stats import rankdata
+
+    return _pearson_rows(rankdata(x, axis=1), rankdata(y, axis=1))
+
+
 def correlation(x: np.ndarray, y: np.ndarray, *, bootstrap: int = 1000, permutations: int = 1000,
                 seed: int = 0) -> dict[str, float]:
-    """Pearson and Spearman r of paired samples, with bootstrap 95% intervals and permutation p-values."""
-    from scipy import stats
+    """Pearson and Spearman r of paired samples, with bootstrap 95% intervals and permutation p-values.
 
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    n = len(x)
+    * interval: 2.5 and 97.5 percentiles of r over ``bootstrap`` resamples of the pairs with
+      replacement (resamples where one side is constant are skipped);
+    * p-value: two-sided, ``(1 + #{|r_perm| ≥ |r|}) / (1 + permutations)`` over random
+      permutations of ``y`` against ``x``; the observed pairing counts as one, so p is never 0
+      and its smallest value is ``1 / (1 + permutations)``. The test assumes the pairs are
+      exchangeable: epochs of one run are not independent, so read p as descriptive.
+
+    Fewer than 3 pairs, or a constant side: every value NaN (``n`` is still given).
+    """
+    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y differ in length: {x.size} vs {y.size}")
+    n = x.size
     out: dict[str, float] = {"n": float(n)}
-    rng = np.random.default_rng(seed)
-    for name, fn in (("pearson", lambda a, b: stats.pearsonr(a, b)[0]),
-                     ("spearman", lambda a, b: stats.spearmanr(a, b)[0])):
-        if n < 3 or np.std(x) == 0 or np.std(y) == 0:
+    methods = {"pearson": _pearson_rows, "spearman": _spearman_rows}
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        for name in methods:
             out.update({f"{name}_r": np.nan, f"{name}_ci_low": np.nan, f"{name}_ci_high": np.nan, f"{name}_p": np.nan})
-            continue
-        r = float(fn(x, y))
-        boots = []
-        for _ in range(bootstrap):
-            idx = rng.integers(0, n, n)
-            if np.std(x[idx]) > 0 and np.std(y[idx]) > 0:
-                boots.append(fn(x[idx], y[idx]))
-        perm = [fn(x, rng.permutation(y)) for _ in range(permutations)]
+        return out
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(bootstrap, n))
+    shuffled = rng.permuted(np.broadcast_to(y, (permutations, n)), axis=1)
+    for name, fn in methods.items():
+        r = float(fn(x[None], y[None])[0])
+        boots = fn(x[idx], y[idx]) if bootstrap else np.empty(0)
+        boots = boots[np.isfinite(boots)]
         out[f"{name}_r"] = r
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (np.percentile(boots, [2.5, 97.5]) if boots else (np.nan, np.nan))
-        # two-sided, with the observed arrangement counted (never exactly 0)
-        out[f"{name}_p"] = (1 + sum(abs(p) >= abs(r) - 1e-12 for p in perm)) / (1 + permutations) if permutations else np.nan
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (
+            (float(v) for v in np.percentile(boots, [2.5, 97.5])) if boots.size else (np.nan, np.nan))
+        if permutations:
+            perm = fn(np.broadcast_to(x, (permutations, n)), shuffled)
+            out[f"{name}_p"] = float((1 + np.sum(np.abs(perm) >= abs(r) - 1e-12)) / (1 + permutations))
+        else:
+            out[f"{name}_p"] = np.nan
     return out
 
 
+def _scope_epochs(ds: xr.Dataset, max_epoch: int | None) -> list[int]:
+    """Epochs 1..max_epoch of ``ds`` (all from 1 when None): epoch 0 is left out, see the module docstring."""
+    return [int(e) for e in ds.epoch.values if e >= 1 and (max_epoch is None or e <= max_epoch)]
+
+
 def _pairs(ds: xr.Dataset, max_epoch: int | None, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """(forgetting spread, robustness) over runs of ``task`` × scored epochs 1..max_epoch (epoch 0 is the reference)."""
-    sub = ds.sel(run=ds["task"] == task)
-    sub = sub.sel(epoch=[e for e in sub.epoch.values if e >= 1 and (max_epoch is None or e <= max_epoch)])
-    x, y = sub["forgetting_spread"].values.ravel(), sub["robustness"].values.ravel()
+    """(forgetting spread, oriented robustness) over runs of ``task`` × epochs 1..max_epoch where both exist."""
+    sub = ds.isel(run=np.flatnonzero(ds["task"].values == task)).sel(epoch=_scope_epochs(ds, max_epoch))
+    x = sub["forgetting_spread"].values.ravel()
+    y = sub["robustness_oriented"].values.ravel()
     keep = np.isfinite(x) & np.isfinite(y)
     return x[keep], y[keep]
 
 
+def _scope_limit(scope: str) -> int | None:
+    return None if scope == "all" else int(str(scope).rsplit("_", 1)[1])
+
+
 def correlation_table(ds: xr.Dataset, first_epochs: Sequence[int], *, bootstrap: int = 1000,
                       permutations: int = 1000, seed: int = 0) -> xr.Dataset:
-    """Correlation of forgetting spread with robustness, over all epochs (``scope = "all"``) and the first k."""
-    scopes = ["all"] + [f"first_{k}" for k in first_epochs]
-    tasks = sorted(set(ds["task"].values.tolist()))
+    """Correlation of forgetting spread with oriented robustness, per task kind, over every run ×
+    epoch ≥ 1 (``scope = "all"``) and over epochs 1..k only (``scope = "first_<k>"``).
+
+    Variables ``corr_<key>`` for the keys of :func:`correlation`, dims (``task_kind``, ``scope``).
+    """
+    scopes = ["all"] + [f"first_{int(k)}" for k in first_epochs]
+    tasks = sorted(set(map(str, ds["task"].values)))
     rows: dict[str, np.ndarray] = {}
     for t, task in enumerate(tasks):
-        for s, k in enumerate([None, *first_epochs]):
-            result = correlation(*_pairs(ds, k, task), bootstrap=bootstrap, permutations=permutations, seed=seed)
+        for s, scope in enumerate(scopes):
+            result = correlation(*_pairs(ds, _scope_limit(scope), task), bootstrap=bootstrap,
+                                 permutations=permutations, seed=seed)
             for key, value in result.items():
                 rows.setdefault(key, np.full((len(tasks), len(scopes)), np.nan))[t, s] = value
     out = xr.Dataset({f"corr_{k}": (("task_kind", "scope"), v) for k, v in rows.items()},
                      coords={"task_kind": tasks, "scope": scopes})
+    out["corr_n"].attrs["description"] = "number of (run, epoch) pairs with both forgetting spread and robustness"
+    for name in ("pearson", "spearman"):
+        out[f"corr_{name}_r"].attrs["description"] = f"{name} correlation of forgetting_spread with robustness_oriented"
+        out[f"corr_{name}_p"].attrs["description"] = f"two-sided permutation p-value ({permutations} permutations)"
+        for side in ("low", "high"):
+            out[f"corr_{name}_ci_{side}"].attrs["description"] = f"bootstrap 95% interval ({bootstrap} resamples)"
     return out
 
 
-def early_stopping_table(ds: xr.Dataset, sign: float) -> xr.Dataset:
-    """Per run: the epoch the forgetting-spread indicator picks (its extreme in the direction of the
-    correlation's ``sign``) against the epoch with the best robustness (highest accuracy / lowest error)."""
-    picked, best = [], []
+def early_stopping_table(ds: xr.Dataset, directions: Mapping[str, float] | float = 1.0) -> xr.Dataset:
+    """Per run: the epoch the forgetting-spread indicator picks, against the epoch with the best robustness.
+
+    The indicator picks, among epochs ≥ 1 with a forgetting spread, the one with the largest spread
+    where the run's task has ``directions[task] > 0`` (spread goes with robustness) and the smallest
+    where it is < 0 (ties: the earliest). The best epoch is the most robust epoch ≥ 1 (highest
+    accuracy, lowest error). Epoch −1: nothing to choose from. Also given: the (measured, not
+    oriented) robustness at both epochs.
+    """
+    picked, best, rob_picked, rob_best, signs = [], [], [], [], []
+    epochs = _scope_epochs(ds, None)
     for run in ds.run.values:
-        sub = ds.sel(run=run).sel(epoch=[e for e in ds.epoch.values if e >= 1])
-        spread = sub["forgetting_spread"].values
-        rob = sub["robustness"].values
-        epochs = sub.epoch.values
-        ok = np.isfinite(spread)
-        picked.append(int(epochs[ok][np.argmax(sign * spread[ok])]) if ok.any() else -1)
         task = str(ds["task"].sel(run=run).values)
-        good = np.isfinite(rob)
-        best_idx = np.argmax(rob[good]) if task == "classification" else np.argmin(rob[good])
-        best.append(int(epochs[good][best_idx]) if good.any() else -1)
-    return xr.Dataset({"indicator_epoch": ("run", picked), "best_robustness_epoch": ("run", best)},
-                      coords={"run": ds.run.values})
-
-
-def write_tables(ds: xr.Dataset, path: str | Path) -> None:
-    """The correlation and early-stopping results as one CSV (a ``table`` column says which)."""
-    import csv
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    corr_vars = [v for v in ds.data_vars if v.startswith("corr_")]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["table", "task", "scope", *[v[5:] for v in corr_vars], "run", "indicator_epoch", "best_robustness_epoch"])
-        for task in ds.task_kind.values:
-            for scope in ds.scope.values:
-                vals = [f"{float(ds[v].sel(task_kind=task, scope=scope)):.6g}" for v in corr_vars]
-                w.writerow(["correlation", task, scope, *vals, "", "", ""])
-        for run in ds.run.values:
-            w.writerow(["early_stopping", str(ds["task"].sel(run=run).values), "", *[""] * len(corr_vars), run,
-                        int(ds["indicator_epoch"].sel(run=run)), int(ds["best_robustness_epoch"].sel(run=run))])
+        sign = directions if isinstance(directions, (int, float)) else directions.get(task, 1.0)
+        sign = 1.0 if not np.isfinite(sign) or sign == 0 else float(np.sign(sign))
+        sub = ds.sel(run=run, epoch=epochs)
+        spread, oriented, rob = (sub[k].values for k in ("forgetting_spread", "robustness_oriented", "robustness"))
+        ok, good = np.isfinite(spread), np.isfinite(oriented)
+        i = int(np.flatnonzero(ok)[np.argmax(sign * spread[ok])]) if ok.any() else None
+        j = int(np.flatnonzero(good)[np.argmax(oriented[good])]) if good.any() else None
+        picked.append(epochs[i] if i is not None else -1)
+        best.append(epochs[j] if j is not None else -1)
+        rob_picked.append(rob[i] if i is not None else np.nan)
+        rob_best.append(rob[j] if j is not None else np.nan)
+        signs.append(int(sign))
+    out = xr.Dataset(
+        {"indicator_direction": ("run", signs, {"description": "+1: the indicator picks the largest forgetting "
+                                                "spread, -1: the smallest"}),
+         "indicator_epoch": ("run", picked,
+                             {"description": "epoch picked by the forgetting-spread indicator (-1: none)"}),
+         "best_robustness_epoch": ("run", best, {"description": "most robust epoch >= 1 (-1: none)"}),
+         "indicator_robustness": ("run", rob_picked, {"description": "robustness at indicator_epoch"}),
+         "best_robustness": ("run", rob_best, {"description": "robustness at best_robustness_epoch"})},
+        coords={"run": ds.run.values})
+    return out
 
 
 def summarise(ds: xr.Dataset, analysis: Mapping[str, Any]) -> xr.Dataset:
-    """Add the correlation and early-stopping tables to the aggregated Dataset."""
-    corr = correlation_table(ds, analysis["first_epochs"], bootstrap=analysis["bootstrap"],
-                             permutations=analysis["permutations"], seed=analysis["seed"])
-    sign = float(np.sign(np.nan_to_num(corr["corr_pearson_r"].sel(scope="all").values[0]))) or 1.0
-    return xr.merge([ds, corr, early_stopping_table(ds, sign)])
+    """Add the correlation table and the early-stopping indicator to the aggregated Dataset.
+
+    The indicator's direction for each task kind is the sign of that task's Pearson r over all
+    epochs (+1 where it is undefined).
+    """
+    corr = correlation_table(ds, analysis.get("first_epochs", []), bootstrap=analysis.get("bootstrap", 1000),
+                             permutations=analysis.get("permutations", 1000), seed=analysis.get("seed", 0))
+    r_all = corr["corr_pearson_r"].sel(scope="all")
+    directions = {str(t): float(np.sign(np.nan_to_num(r_all.sel(task_kind=t).item()))) or 1.0
+                  for t in corr.task_kind.values}
+    out = xr.merge([ds, corr, early_stopping_table(ds, directions)], compat="override", join="outer")
+    out.attrs.update(ds.attrs)
+    return out
+
+
+# --------------------------------------------------------------------------- CSV tables
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (str, np.str_)):
+        return str(value)
+    value = float(value)
+    if not np.isfinite(value):
+        return ""
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.6g}"
+
+
+def correlation_rows(ds: xr.Dataset) -> list[dict[str, str]]:
+    """The correlation rows (one per task kind × scope) and early-stopping rows (one per run) of the CSV table."""
+    keys = ["n"] + [f"{m}_{k}" for m in ("pearson", "spearman") for k in ("r", "ci_low", "ci_high", "p")]
+    rows = []
+    for task in ds.task_kind.values:
+        for scope in ds.scope.values:
+            epochs = _scope_epochs(ds, _scope_limit(str(scope)))
+            rows.append({"table": "correlation", "task": str(task), "scope": str(scope),
+                         "epochs": f"{epochs[0]}-{epochs[-1]}" if epochs else "",
+                         "robustness": ORIENTED_MEASURE.get(str(task), "robustness"),
+                         **{k: _fmt(ds[f"corr_{k}"].sel(task_kind=task, scope=scope).item()) for k in keys}})
+    for run in ds.run.values:
+        task = str(ds["task"].sel(run=run).values)
+        rows.append({"table": "early_stopping", "task": task, "run": str(run),
+                     "target": str(ds["target"].sel(run=run).values), "init": str(ds["init"].sel(run=run).values),
+                     "robustness": ROBUSTNESS_MEASURE.get(task, "robustness"),
+                     "indicator_direction": _fmt(ds["indicator_direction"].sel(run=run).item()),
+                     **{k: _fmt(v) if (v := ds[k].sel(run=run).item()) >= 0 else ""  # -1: no epoch to pick
+                        for k in ("indicator_epoch", "best_robustness_epoch")},
+                     **{k: _fmt(ds[k].sel(run=run).item()) for k in ("indicator_robustness", "best_robustness")}})
+    return rows
+
+
+CORRELATION_COLUMNS = ["table", "task", "scope", "epochs", "robustness", "n",
+                       "pearson_r", "pearson_ci_low", "pearson_ci_high", "pearson_p",
+                       "spearman_r", "spearman_ci_low", "spearman_ci_high", "spearman_p",
+                       "run", "target", "init", "indicator_direction", "indicator_epoch", "best_robustness_epoch",
+                       "indicator_robustness", "best_robustness"]
+
+
+def checkpoint_rows(ds: xr.Dataset) -> tuple[list[str], list[dict[str, str]]]:
+    """One row per run × epoch: clean score, robustness, relative error, forgetting spread, and the
+    score for each corruption (mean over severities) and each corruption × severity."""
+    per = [(f"{c}_mean", c, None) for c in ds.corruption.values]
+    per += [(f"{c}_s{s}", c, s) for c in ds.corruption.values for s in ds.severity.values]
+    columns = ["run", "target", "init", "task", "epoch", "clean_score", "robustness", "relative_error",
+               "forgetting_spread", *[name for name, _, _ in per]]
+    rows = []
+    for run in ds.run.values:
+        for epoch in ds.epoch.values:
+            sub = ds.sel(run=run, epoch=epoch)
+            row = {"run": str(run), "target": str(sub["target"].values), "init": str(sub["init"].values),
+                   "task": str(sub["task"].values), "epoch": str(int(epoch))}
+            for k in ("clean_score", "robustness", "relative_error", "forgetting_spread"):
+                row[k] = _fmt(sub[k].item()) if k in ds else ""
+            for name, c, s in per:
+                score = sub["corrupted_score"].sel(corruption=c)
+                value = score.mean("severity", skipna=False) if s is None else score.sel(severity=s)
+                row[name] = _fmt(value.item())
+            rows.append(row)
+    return columns, rows
+
+
+def _write_csv(path: str | Path, columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_tables(ds: xr.Dataset, correlations: str | Path, checkpoints: str | Path | None = None) -> None:
+    """Write the CSV tables of a summarised Dataset.
+
+    ``correlations``: one table whose ``table`` column says what a row is: ``correlation`` (per
+    task kind × scope: n, Pearson and Spearman r, bootstrap interval, permutation p) or
+    ``early_stopping`` (per run: indicator epoch against the most robust epoch).
+    ``checkpoints``: per run × epoch, every robustness score (see :func:`checkpoint_rows`).
+    """
+    _write_csv(correlations, CORRELATION_COLUMNS, correlation_rows(ds))
+    if checkpoints is not None:
+        _write_csv(checkpoints, *checkpoint_rows(ds))
