@@ -250,7 +250,7 @@ def _train_epoch(model: StirViT, x: torch.Tensor, y: torch.Tensor, optimizer, sc
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg["grad_clip"]))
         optimizer.step()
         scheduler.step()
-        total_loss += float(loss) * len(idx)
+        total_loss += float(loss.detach()) * len(idx)
         total_score += float(score.sum())
         seen += len(idx)
         if (step + 1) % log_every == 0:
