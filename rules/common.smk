@@ -99,3 +99,25 @@ def finetune_inputs(w):
             inputs["init"] = weights["file"]
     return inputs
 
+
+# Where each figure goes in the report (subcategory) and its name there.
+REPORT_FIGURES = {
+    "learning_forgetting": ("1. Invariances", "Learning and forgetting per block"),
+    "flow_matrices": ("1. Invariances", "Invariance flow matrices, STIR both ways and CKA"),
+    "stir_over_epochs": ("1. Invariances", "Learning and forgetting per block and epoch"),
+    "within_model": ("1. Invariances", "Within-model STIR, before and after finetuning"),
+    "spread_vs_robustness": ("2. Robustness", "Forgetting spread against robustness"),
+    "robustness_per_corruption": ("2. Robustness", "Robustness per corruption and severity"),
+    "training_curves": ("3. Training", "Training curves"),
+}
+
+
+def report_figure(name, ext):
+    subcategory, title = REPORT_FIGURES.get(name, ("Other", name))
+    return report(
+        f"{RES}/figures/{name}.{ext}",
+        caption=f"../report/{name}.rst",
+        category="Figures",
+        subcategory=subcategory,
+        labels={"figure": title, "format": ext.upper()},
+    )

@@ -3,29 +3,6 @@
 # PDF) with its caption from report/<figure>.rst, and the CSV tables. The landing page
 # (report/workflow.rst, the Snakefile's `report:`) describes the workflow and shows the config.
 
-# Where each figure goes in the report (subcategory) and its name there.
-REPORT_FIGURES = {
-    "learning_forgetting": ("1. Invariances", "Learning and forgetting per block"),
-    "flow_matrices": ("1. Invariances", "Invariance flow matrices, STIR both ways and CKA"),
-    "stir_over_epochs": ("1. Invariances", "Learning and forgetting per block and epoch"),
-    "within_model": ("1. Invariances", "Within-model STIR, before and after finetuning"),
-    "spread_vs_robustness": ("2. Robustness", "Forgetting spread against robustness"),
-    "robustness_per_corruption": ("2. Robustness", "Robustness per corruption and severity"),
-    "training_curves": ("3. Training", "Training curves"),
-}
-
-
-def report_figure(name, ext):
-    subcategory, title = REPORT_FIGURES.get(name, ("Other", name))
-    return report(
-        f"{RES}/figures/{name}.{ext}",
-        caption=f"../report/{name}.rst",
-        category="Figures",
-        subcategory=subcategory,
-        labels={"figure": title, "format": ext.upper()},
-    )
-
-
 rule aggregate:
     input:
         stir=[f"{RES}/runs/{r}/stir/epoch_{e:03d}.h5" for r in RUNS for e in STIR_EPOCHS],
@@ -70,7 +47,6 @@ rule figures:
         [report_figure(name, ext) for name in FIGURES for ext in config["figures"]["formats"]],
     params:
         figures=config["figures"],
-        directory=f"{RES}/figures",
         code=code("plots"),
     log:
         f"{RES}/logs/figures/figures.log",

@@ -1,5 +1,7 @@
 """figures: every figure of stirflow.plots.FIGURES from summary.nc."""
 
+from pathlib import Path
+
 import xarray as xr
 
 from stirflow.plots import draw_all
@@ -12,7 +14,7 @@ def main(sm):
             ds = ds.load()
     except (OSError, ValueError) as err:  # h5py's message for a truncated file does not name it
         raise OSError(f"{sm.input.summary}: cannot read the summary ({err})") from err
-    for path in draw_all(ds, sm.params.directory, sm.params.figures):
+    for path in draw_all(ds, Path(sm.output[0]).parent, sm.params.figures):
         log.info("wrote %s", path)
 
 
