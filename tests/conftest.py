@@ -65,6 +65,18 @@ def jobs_by_rule(dry_run_output: str) -> dict[str, int]:
     return counts
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tests of tiny tensors run torch on one thread: a second intra-op thread gains nothing, and on a
+    busy 2-core machine every small op waits for it (measured: 6 s with one thread, 40 s with two)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     """A working directory holding a completed run of configs/smoke.yaml (do not modify: copy it)."""

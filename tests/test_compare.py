@@ -23,12 +23,8 @@ TINY_SPEC = {"num_classes": 10, "vit": dict(img_size=16, patch_size=4, embed_dim
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads cost a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -50,13 +50,8 @@ CLEAN = structured_images(16, 32, 32, seed=0)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tensors here are tiny: a second intra-op thread gains nothing, and on a busy 2-core
-    # machine every small op waits for it (measured: 6 s with one thread, 40 s with two).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (see conftest.one_torch_thread)."""
 
 
 @functools.lru_cache(maxsize=None)

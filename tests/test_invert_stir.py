@@ -35,12 +35,8 @@ def tiny_vit(seed: int, depth: int = 3, prepare: bool = True, **vit_kwargs) -> t
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine 2 spinning threads are ~20× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_torch_thread):
+    """Every test here runs torch on one thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
