@@ -147,6 +147,7 @@ CORRUPT_INPUTS = {
     "inversion": lambda w: sorted(w.glob("results/runs/*/inversions/epoch_001/*.h5"))[0],
     "checkpoint": lambda w: w / "results" / "runs" / "digits-scratch" / "checkpoints" / "epoch_001.pt",
     "summary": lambda w: w / "results" / "summary.nc",
+    "history": lambda w: w / "results" / "runs" / "digits-pretrained" / "history.json",
 }
 
 

@@ -146,6 +146,11 @@ def test_pipeline_skips_pretraining_and_starts_from_the_file(tmp_path):
     assert jobs_by_rule(dry.stdout) == {"finetune": 1}
     assert f"run={run}" in dry.stdout and "run=digits-scratch" not in dry.stdout
 
+    # there is no pretraining stage to ask for
+    asked = snakemake(work, "-n", "results/pretrain/history.json", configfile=config_path, check=False)
+    assert asked.returncode != 0
+    assert "No rule to produce results/pretrain/history.json" in asked.stdout + asked.stderr
+
 
 def test_timm_weights_without_network_name_the_way_out(tmp_path):
     """`timm_pretrained: true` on a machine that cannot reach the hub: a clear error, not a hang."""

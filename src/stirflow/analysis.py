@@ -58,6 +58,19 @@ def forgetting_spread(forgetting: xr.DataArray) -> xr.DataArray:
     return forgetting.std("layer", ddof=0, skipna=False)
 
 
+def read_history(path: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records a training job wrote to ``history.json``; a clear error names a bad file."""
+    from .data import DataFileError
+
+    try:
+        records = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise DataFileError(f"{path}: cannot read training history ({err})") from err
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "epoch" in r for r in records):
+        raise DataFileError(f"{path}: not a training history (expected a list of records with an 'epoch')")
+    return records
+
+
 def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robustness_files: Sequence[str],
               history_files: Sequence[str], *, reference_run: str | None = None) -> xr.Dataset:
     """Gather the per-job HDF5 files into one Dataset (see the module docstring)."""
@@ -65,7 +78,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     from .stir import load_scores
 
     names = [r["name"] for r in runs]
-    histories = {n: json.loads(Path(p).read_text()) for n, p in zip(names, history_files)}
+    histories = {n: read_history(p) for n, p in zip(names, history_files)}
     epochs = sorted({rec["epoch"] for h in histories.values() for rec in h})
     stir = [load_scores(p) for p in stir_files]
     blocks = [int(b) for b in stir[0][0]["blocks"]] if stir else []
