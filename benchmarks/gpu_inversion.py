@@ -37,9 +37,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stirflow.data import make_shapes, to_tensor
-from stirflow.invert import invert_blocks, invert_fn
+from stirflow.inversion import invert_blocks, invert_fn
 from stirflow.models import block_representation, create_model, prepare_for_inversion
-from stirflow.stir import pair_scores
+from stirflow.invariance import pair_scores
 
 # Dense (no sparsity) peaks of the H100 SXM5 from NVIDIA's data sheet, in FLOP/s. The H200 has the
 # same GH100 compute, so the same peaks apply.

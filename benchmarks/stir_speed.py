@@ -36,9 +36,9 @@ import torch
 
 from stirflow.cka import linear_cka
 from stirflow.data import make_shapes, to_tensor
-from stirflow.invert import invert_blocks, invert_fn
+from stirflow.inversion import invert_blocks, invert_fn
 from stirflow.models import block_representation, create_model, prepare_for_inversion
-from stirflow.stir import pair_scores
+from stirflow.invariance import pair_scores
 
 
 def _sync(device: torch.device) -> None:

@@ -3,7 +3,7 @@
 import torch
 
 from stirflow.data import read_image_h5, select_indices, to_tensor
-from stirflow.invert import invert_blocks, save_inversion
+from stirflow.inversion import invert_blocks, save_inversion
 from stirflow.models import load_checkpoint, prepare_for_inversion
 from stirflow.workflow import pick_device, run_script
 

@@ -3,9 +3,9 @@
 import numpy as np
 
 from stirflow.data import read_image_h5, to_tensor
-from stirflow.invert import load_inversion
+from stirflow.inversion import load_inversion
 from stirflow.models import load_checkpoint, prepare_for_inversion
-from stirflow.stir import pair_scores, save_scores
+from stirflow.invariance import pair_scores, save_scores
 from stirflow.workflow import pick_device, run_script
 
 

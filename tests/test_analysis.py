@@ -68,7 +68,7 @@ def synthetic_truth(seed: int = 0) -> dict[str, np.ndarray]:
 def write_synthetic_files(directory: Path, truth: dict[str, np.ndarray]) -> tuple[list, list, list]:
     """The per-job files the pipeline writes (STIR scores, robustness, history) for :func:`synthetic_truth`."""
     from stirflow.robustness import CorruptedSet, save_robustness
-    from stirflow.stir import save_scores
+    from stirflow.invariance import save_scores
 
     cs = CorruptedSet(np.zeros((1, 2, 2, 3), np.uint8), np.zeros((1,), np.uint8), np.zeros(1, int),
                       CORRUPTIONS, SEVERITIES, {})

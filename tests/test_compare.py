@@ -14,9 +14,9 @@ import xarray as xr
 
 from stirflow.cli import main
 from stirflow.data import make_shapes, read_image_h5, select_indices, to_tensor, write_image_h5
-from stirflow.invert import invert_blocks
+from stirflow.inversion import invert_blocks
 from stirflow.models import create_model, load_checkpoint, prepare_for_inversion, save_checkpoint
-from stirflow.stir import pair_scores
+from stirflow.invariance import pair_scores
 
 STIRFLOW = str(Path(sys.executable).parent / "stirflow")
 TINY_SPEC = {"num_classes": 10, "vit": dict(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=2)}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from stirflow.data import make_shapes, to_tensor
-from stirflow.invert import (
+from stirflow.inversion import (
     START_TYPES,
     NonFiniteLossError,
     descend,
@@ -23,7 +23,7 @@ from stirflow.invert import (
     relative_loss,
 )
 from stirflow.models import REPRESENTATIONS, block_representation, create_model, prepare_for_inversion
-from stirflow.stir import block_features, pair_scores, stir
+from stirflow.invariance import block_features, pair_scores, stir
 
 
 def tiny_vit(seed: int, depth: int = 3, prepare: bool = True, **vit_kwargs) -> torch.nn.Module:

@@ -75,7 +75,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
               history_files: Sequence[str], *, reference_run: str | None = None) -> xr.Dataset:
     """Gather the per-job HDF5 files into one Dataset (see the module docstring)."""
     from .robustness import load_robustness
-    from .stir import load_scores
+    from .invariance import load_scores
 
     names = [r["name"] for r in runs]
     histories = {n: read_history(p) for n, p in zip(names, history_files)}

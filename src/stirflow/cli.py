@@ -1,8 +1,8 @@
 """The ``stirflow`` command line.
 
 ``stirflow compare`` measures shared invariance between two models, A and B, the way the pipeline
-does (DESIGN §2): each model's blocks are inverted once, batched (:func:`~stirflow.invert.invert_blocks`),
-and every score is a forward pass over those inversions (:func:`~stirflow.stir.pair_scores`).
+does (DESIGN §2): each model's blocks are inverted once, batched (:func:`~stirflow.inversion.invert_blocks`),
+and every score is a forward pass over those inversions (:func:`~stirflow.invariance.pair_scores`).
 It writes one NetCDF file holding
 
 * ``stir_b_given_a[i, j]`` = STIR(B_j | A_i): X' inverted through A's block i, scored at B's block j;
@@ -157,7 +157,7 @@ def _invert_all(model, x: torch.Tensor, blocks: list[int], args: argparse.Namesp
     """``invert_blocks`` over every block of one model, with a progress bar over its steps."""
     from tqdm import tqdm
 
-    from .invert import invert_blocks
+    from .inversion import invert_blocks
 
     chunk = args.chunk_size or len(x) * len(blocks)
     passes = math.ceil(len(x) * len(blocks) / chunk)
@@ -171,8 +171,9 @@ def _invert_all(model, x: torch.Tensor, blocks: list[int], args: argparse.Namesp
 
 def compare(args: argparse.Namespace) -> Path:
     """Run ``stirflow compare``; returns the NetCDF path (the PNG has the same stem)."""
+    from .files import atomic_path
     from .models import prepare_for_inversion
-    from .stir import pair_scores
+    from .invariance import pair_scores
     from .workflow import pick_device
 
     out = Path(args.out)
@@ -210,10 +211,8 @@ def compare(args: argparse.Namespace) -> Path:
     ds = _dataset(scores, blocks, index, inv_a, inv_b)
     ds.attrs.update(_settings(args, info_a, info_b, image_info, blocks, device, similarity_options,
                               inversion_seconds, scoring_seconds))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    ds.to_netcdf(tmp, engine="h5netcdf")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf")
     draw_heatmaps(ds, out.with_suffix(".png"))
     if not args.quiet:
         print(_summary(ds, out), file=sys.stderr)
@@ -327,7 +326,7 @@ def _positive_or_zero(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .cka import SIMILARITY_KINDS
-    from .invert import START_TYPES
+    from .inversion import START_TYPES
     from .models import REPRESENTATIONS
 
     parser = argparse.ArgumentParser(prog="stirflow", description="stirflow: invariances of vision transformers.")

@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .catalog import CORRUPTIONS
+
 __all__ = [
     "ConfigError",
     "SCHEMA_PATH",
@@ -182,8 +184,6 @@ def _check_references(config: dict[str, Any]) -> None:
         bad = [e for e in epochs if e > config["finetune"]["epochs"]]
         if bad:
             problems.append(f"stir.epochs: {bad} beyond finetune.epochs = {config['finetune']['epochs']}")
-    from .corruptions import CORRUPTIONS
-
     bad = [c for c in config["robustness"]["corruptions"] if c not in CORRUPTIONS]
     if bad:
         problems.append(f"robustness.corruptions: unknown {bad} (known: {', '.join(CORRUPTIONS)})")

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .catalog import COMMON_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS
+
 __all__ = [
     "COMMON_CORRUPTIONS",
     "EXTRA_CORRUPTIONS",
@@ -119,14 +121,6 @@ SEVERITY_CONSTANTS: dict[str, tuple] = {
     # (factor, offset) on the HSV saturation channel
     "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
 }
-
-COMMON_CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-    "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-    "jpeg_compression",
-)
-EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-CORRUPTIONS: tuple[str, ...] = COMMON_CORRUPTIONS + EXTRA_CORRUPTIONS
 
 _REFERENCE_SIZE = 32  # the image size the constants were written for
 _MIN_SIZE = 8

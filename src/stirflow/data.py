@@ -22,6 +22,8 @@ import h5py
 import numpy as np
 import torch
 
+from .files import atomic_path
+
 __all__ = [
     "ImageSet",
     "select_indices",
@@ -80,16 +82,12 @@ def write_image_h5(path: str | os.PathLike, images: np.ndarray, labels: np.ndarr
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (images.shape[0],):
         raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("images", data=images, chunks=(min(256, len(images)) or 1, *images.shape[1:]),
                          compression="gzip", compression_opts=4)
         f.create_dataset("labels", data=labels)
         for key, value in attrs.items():
             f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict, tuple)) else value
-    os.replace(tmp, path)
 
 
 def read_image_h5(path: str | os.PathLike) -> ImageSet:

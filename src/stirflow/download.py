@@ -39,6 +39,8 @@ from typing import Any, BinaryIO, Iterator, Mapping
 
 from tqdm import tqdm
 
+from .files import atomic_path
+
 __all__ = [
     "RemoteFile",
     "DownloadError",
@@ -159,10 +161,8 @@ def _sidecar(dest: Path) -> Path:
 def _write_sidecar(dest: Path, digest: str) -> None:
     """Record the verified md5 with the size and mtime it belongs to (written atomically)."""
     st = dest.stat()
-    side = _sidecar(dest)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps({"md5": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}) + "\n")
-    os.replace(tmp, side)
+    with atomic_path(_sidecar(dest)) as tmp:
+        tmp.write_text(json.dumps({"md5": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}) + "\n")
 
 
 def _cached_md5(dest: Path) -> str | None:

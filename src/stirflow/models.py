@@ -144,7 +144,7 @@ def pool_tokens(tokens: torch.Tensor, representation: str, num_prefix_tokens: in
 def block_representation(model: StirViT, block: int, representation: str = "tokens") -> Callable[[torch.Tensor], torch.Tensor]:
     """``fn(images (N, 3, H, W) in [0, 1]) → (N, F)``: block ``block``'s output (1-based), pooled.
 
-    ``fn.model`` is ``model``, so that :func:`~stirflow.invert.invert_fn` can run it in eval mode.
+    ``fn.model`` is ``model``, so that :func:`~stirflow.inversion.invert_fn` can run it in eval mode.
     """
     if not 0 < block <= model.depth:
         raise ValueError(f"block {block} is out of range: the model has blocks 1..{model.depth}")
@@ -251,11 +251,10 @@ def create_model(spec: dict[str, Any], *, pretrained: bool = False, weights_file
 
 def save_checkpoint(path: str | os.PathLike, model: StirViT, spec: dict[str, Any], **extra: Any) -> None:
     """Write ``{"spec", "state_dict", **extra}`` atomically (to a temporary file, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": "stirflow-checkpoint-1", "spec": spec, "state_dict": model.state_dict(), **extra}, tmp)
-    os.replace(tmp, path)
+    from .files import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"format": "stirflow-checkpoint-1", "spec": spec, "state_dict": model.state_dict(), **extra}, tmp)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -24,6 +24,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .catalog import FIGURES as FIGURE_NAMES  # noqa: E402
+
 __all__ = ["FIGURES", "INIT_COLOR", "STYLE", "draw_all"]
 
 #: Width of a two-column paper's text block, in inches.
@@ -496,14 +498,7 @@ def robustness_per_corruption(ds: xr.Dataset, options: Mapping[str, Any]) -> plt
 
 
 FIGURES: dict[str, Callable[[xr.Dataset, Mapping[str, Any]], plt.Figure]] = {
-    "learning_forgetting": learning_forgetting,
-    "flow_matrices": flow_matrices,
-    "spread_vs_robustness": spread_vs_robustness,
-    "stir_over_epochs": stir_over_epochs,
-    "within_model": within_model,
-    "training_curves": training_curves,
-    "robustness_per_corruption": robustness_per_corruption,
-}
+    name: globals()[name] for name in FIGURE_NAMES}
 
 
 # no creation dates: the same summary gives byte-identical PDF and SVG files

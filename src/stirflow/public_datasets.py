@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .catalog import CORRUPTIONS
 from .data import DataFileError, write_image_h5
 from .download import ChecksumError, DownloadError, RemoteFile, fetch, file_md5, resolve_url
 
@@ -91,13 +92,7 @@ PUBLIC_KINDS: tuple[str, ...] = tuple(SOURCES)
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-# The 15 benchmark corruptions (Hendrycks & Dietterich 2019), then the 4 extra ones in the archive.
-CIFAR10_C_CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-    "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-    "jpeg_compression",
-    "speckle_noise", "gaussian_blur", "spatter", "saturate",
-)
+CIFAR10_C_CORRUPTIONS = CORRUPTIONS  # the archive holds all 19, in this order
 
 # Native sizes, except for Pets whose images vary in size (the paper's ViT input size).
 DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "oxford_pets": 224, "eurosat": 64, "cifar10_c": 32}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .data import DataFileError, ImageSet, read_image_h5, select_indices, to_tensor
+from .files import atomic_path
 
 __all__ = ["make_corrupted_set", "save_corrupted_set", "load_corrupted_set", "CorruptedSet", "evaluate_robustness",
            "save_robustness", "load_robustness"]
@@ -70,10 +71,7 @@ def make_corrupted_set(test: ImageSet, corruptions: Sequence[str], severities: S
 
 
 def save_corrupted_set(path: str | os.PathLike, cs: CorruptedSet, **attrs: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("clean", data=cs.clean)
         f.create_dataset("corrupted", data=cs.corrupted, compression="gzip", compression_opts=1)
         f.create_dataset("labels", data=cs.labels)
@@ -81,7 +79,6 @@ def save_corrupted_set(path: str | os.PathLike, cs: CorruptedSet, **attrs: Any) 
         f.attrs["severities"] = json.dumps([int(s) for s in cs.severities])
         for key, value in {**cs.attrs, **attrs}.items():
             f.attrs[key] = value
-    os.replace(tmp, path)
 
 
 def load_corrupted_set(path: str | os.PathLike) -> CorruptedSet:
@@ -116,16 +113,13 @@ def evaluate_robustness(model, cs: CorruptedSet, batch_size: int = 256) -> dict[
 
 def save_robustness(path: str | os.PathLike, scores: Mapping[str, Any], cs: CorruptedSet, **attrs: Any) -> None:
     """Write :func:`evaluate_robustness`' scores to HDF5 (atomically) with the corruption axes as attributes."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for key, value in scores.items():
             f.create_dataset(key, data=np.asarray(value, dtype=np.float64))
         f.attrs["corruptions"] = json.dumps(cs.corruptions)
         f.attrs["severities"] = json.dumps([int(s) for s in cs.severities])
         for key, value in attrs.items():
             f.attrs[key] = value
-    os.replace(tmp, path)
 
 
 def load_robustness(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import ImageSet, to_tensor
+from .files import atomic_path
 from .models import StirViT, read_checkpoint, save_checkpoint
 
 __all__ = [
@@ -148,16 +149,13 @@ def fingerprint(*parts: Any) -> str:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
 
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+            shutil.copyfile(src, tmp)
 
 
 def train(model: StirViT, spec: Mapping[str, Any], train_set: ImageSet, test_set: ImageSet, cfg: Mapping[str, Any], *,

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -270,18 +270,14 @@ def save_inversion(path, results: Mapping[int, InversionResult], indices, **attr
     Datasets: ``blocks`` (B,), ``images`` (B, N, C, H, W) float32, ``losses`` and ``start_losses``
     (B, N), ``indices`` (N,) (which test images were inverted); the settings as attributes.
     """
-    import os
-    from pathlib import Path
-
     import h5py
     import numpy as np
 
+    from .files import atomic_path
+
     blocks = sorted(results)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     stack = lambda key: np.stack([getattr(results[b], key).float().cpu().numpy() for b in blocks])  # noqa: E731
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("blocks", data=np.asarray(blocks, dtype=np.int64))
         f.create_dataset("images", data=stack("images"), compression="gzip", compression_opts=1)
         f.create_dataset("losses", data=stack("losses"))
@@ -289,7 +285,6 @@ def save_inversion(path, results: Mapping[int, InversionResult], indices, **attr
         f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
         for key, value in attrs.items():
             f.attrs[key] = value if value is not None else "none"
-    os.replace(tmp, path)
 
 
 def load_inversion(path) -> tuple[dict[int, torch.Tensor], dict]:

@@ -1,6 +1,6 @@
 """STIR: shared invariance between two representations, and the matrices built from it.
 
-``STIR(b | a) = CKA(b(X), b(X'))`` with ``X'`` inverted through ``a`` (:mod:`stirflow.invert`).
+``STIR(b | a) = CKA(b(X), b(X'))`` with ``X'`` inverted through ``a`` (:mod:`stirflow.inversion`).
 For one pretrained model ``p`` and one finetuned checkpoint ``f`` (DESIGN §2):
 
 * ``flow[i, j] = STIR(f_j | p_i)`` — where block i's pretrained invariances live in ``f``;
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .cka import similarity
-from .invert import _eval_mode, _module_of, invert
+from .inversion import _eval_mode, _module_of, invert
 
 __all__ = ["stir", "block_features", "stir_matrix", "cka_matrix", "pair_scores", "save_scores", "load_scores"]
 
@@ -108,21 +108,16 @@ def pair_scores(model_ref, model_eval, x: torch.Tensor, inverted_ref: Mapping[in
 
 def save_scores(path, scores: Mapping[str, np.ndarray], blocks: Sequence[int], **attrs) -> None:
     """Write :func:`pair_scores`' arrays to HDF5 (atomically), with ``blocks`` and the settings as attributes."""
-    import os
-    from pathlib import Path
-
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    from .files import atomic_path
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("blocks", data=np.asarray(blocks, dtype=np.int64))
         for key, value in scores.items():
             f.create_dataset(key, data=np.asarray(value, dtype=np.float64))
         for key, value in attrs.items():
             f.attrs[key] = value
-    os.replace(tmp, path)
 
 
 def load_scores(path) -> tuple[dict[str, np.ndarray], dict]:
