@@ -18,8 +18,8 @@ from stirflow.config import (
     training_settings,
     validate_config,
 )
-from stirflow.plots import FIGURES
-from stirflow.workflow import code_version
+from stirflow.catalog import FIGURES, OFFLINE_KINDS
+from stirflow.workflow import code_version, script_modules
 
 try:
     _validated = validate_config(config)
@@ -46,9 +46,12 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_.-]+",
 
 
-def code(*modules):
-    """A hash of the library modules a rule uses, or a constant when tracking is switched off."""
-    return code_version(modules) if config["track_code_changes"] else "untracked"
+def code(script):
+    """A hash of the library modules that scripts/<script>.py uses (directly or not), or a
+    constant when tracking is switched off (docs/reruns.md)."""
+    if not config["track_code_changes"]:
+        return "untracked"
+    return code_version(script_modules(Path(workflow.basedir) / "scripts" / f"{script}.py"))
 
 
 def run_target(run):
@@ -80,6 +83,12 @@ def dataset_spec(name):
     return config["datasets"][name]
 
 
+def download_settings(name):
+    """The download section for a data set that is downloaded; nothing for one made offline, so
+    that download settings never rerun its preparation."""
+    return {} if dataset_spec(name)["kind"] in OFFLINE_KINDS else config["download"]
+
+
 def corrupt_inputs(w):
     inputs = {"test": dataset_files(w.dataset, "test")}
     source = dataset_spec(w.dataset).get("corrupted")
@@ -100,20 +109,8 @@ def finetune_inputs(w):
     return inputs
 
 
-# Where each figure goes in the report (subcategory) and its name there.
-REPORT_FIGURES = {
-    "learning_forgetting": ("1. Invariances", "Learning and forgetting per block"),
-    "flow_matrices": ("1. Invariances", "Invariance flow matrices, STIR both ways and CKA"),
-    "stir_over_epochs": ("1. Invariances", "Learning and forgetting per block and epoch"),
-    "within_model": ("1. Invariances", "Within-model STIR, before and after finetuning"),
-    "spread_vs_robustness": ("2. Robustness", "Forgetting spread against robustness"),
-    "robustness_per_corruption": ("2. Robustness", "Robustness per corruption and severity"),
-    "training_curves": ("3. Training", "Training curves"),
-}
-
-
 def report_figure(name, ext):
-    subcategory, title = REPORT_FIGURES.get(name, ("Other", name))
+    subcategory, title = FIGURES[name]  # where the figure goes in the report, and its name there
     return report(
         f"{RES}/figures/{name}.{ext}",
         caption=f"../report/{name}.rst",

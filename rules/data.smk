@@ -9,9 +9,9 @@ rule prepare_dataset:
     params:
         name=lambda w: w.dataset,
         spec=lambda w: dataset_spec(w.dataset),
-        download=config["download"],
+        download=lambda w: download_settings(w.dataset),
         download_dir=f"{DATA}/downloads",
-        code=code("data", "public_datasets", "download"),
+        code=code("prepare_dataset"),
     log:
         f"{RES}/logs/prepare_dataset/{{dataset}}.log",
     benchmark:
@@ -31,9 +31,9 @@ rule prepare_corruption_set:
     params:
         name=lambda w: w.dataset,
         spec=lambda w: dataset_spec(w.dataset),
-        download=config["download"],
+        download=lambda w: download_settings(w.dataset),
         download_dir=f"{DATA}/downloads",
-        code=code("data", "public_datasets", "download"),
+        code=code("prepare_dataset"),
     log:
         f"{RES}/logs/prepare_corruption_set/{{dataset}}.log",
     benchmark:
@@ -54,7 +54,7 @@ rule corrupt_dataset:
         f"{RES}/corrupted/{{dataset}}.h5",
     params:
         robustness={k: config["robustness"][k] for k in ("corruptions", "severities", "n_images", "seed")},
-        code=code("corruptions", "robustness", "data", "models", "training"),
+        code=code("corrupt_dataset"),
     log:
         f"{RES}/logs/corrupt_dataset/{{dataset}}.log",
     benchmark:

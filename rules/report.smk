@@ -26,7 +26,7 @@ rule aggregate:
         runs=[run_config(config, r) for r in RUNS],
         analysis=config["analysis"],
         reference_run=config["robustness"]["reference_run"],
-        code=code("analysis", "robustness", "stir", "cka", "corruptions", "invert", "training", "models", "data"),
+        code=code("aggregate"),
     log:
         f"{RES}/logs/aggregate/aggregate.log",
     benchmark:
@@ -47,7 +47,7 @@ rule figures:
         [report_figure(name, ext) for name in FIGURES for ext in config["figures"]["formats"]],
     params:
         figures=config["figures"],
-        code=code("plots"),
+        code=code("figures"),
     log:
         f"{RES}/logs/figures/figures.log",
     benchmark:

@@ -9,7 +9,7 @@ rule robustness:
         f"{RES}/runs/{{run}}/robustness/epoch_{{epoch}}.h5",
     params:
         device=config["compute"]["device"],
-        code=code("robustness", "corruptions", "training", "models", "data"),
+        code=code("robustness"),
     log:
         f"{RES}/logs/robustness/{{run}}/epoch_{{epoch}}.log",
     benchmark:

@@ -14,8 +14,8 @@ rule invert:
         f"{RES}/runs/{{run}}/inversions/epoch_{{epoch}}/blocks_{{blocks}}.h5",
     params:
         stir={k: config["stir"][k] for k in INVERSION_KEYS},
-        compute=config["compute"],
-        code=code("invert", "models", "data"),
+        compute={k: config["compute"][k] for k in ("device", "bf16", "compile")},
+        code=code("invert"),
     log:
         f"{RES}/logs/invert/{{run}}/epoch_{{epoch}}_blocks_{{blocks}}.log",
     benchmark:
@@ -46,7 +46,7 @@ rule stir_scores:
         representation=config["stir"]["representation"],
         similarity=config["stir"]["similarity"],
         device=config["compute"]["device"],
-        code=code("stir", "cka", "invert", "models", "data"),
+        code=code("stir_scores"),
     log:
         f"{RES}/logs/stir_scores/{{run}}/epoch_{{epoch}}.log",
     benchmark:

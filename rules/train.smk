@@ -18,7 +18,7 @@ if PRETRAINED_WEIGHTS is None:
             model=config["model"],
             resume_dir=f"{RES}/.resume/pretrain",
             device=config["compute"]["device"],
-            code=code("training", "models", "data"),
+            code=code("pretrain"),
         log:
             f"{RES}/logs/pretrain/pretrain.log",
         benchmark:
@@ -46,7 +46,7 @@ rule finetune:
         weights=PRETRAINED_WEIGHTS,
         resume_dir=lambda w: f"{RES}/.resume/{w.run}",
         device=config["compute"]["device"],
-        code=code("training", "models", "data"),
+        code=code("finetune"),
     log:
         f"{RES}/logs/finetune/{{run}}.log",
     benchmark:

@@ -7,23 +7,30 @@ message in the log. Scripts see only their rule's ``params``, never the global c
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import importlib.util
 import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["run_script", "pick_device", "code_version"]
+__all__ = ["run_script", "pick_device", "code_version", "script_modules", "UNTRACKED_MODULES"]
 
 log = logging.getLogger("stirflow")
 
+#: Modules left out of the code hashes: the glue between Snakemake and the scripts (this module)
+#: and config validation, which builds the DAG and does not change results (docs/reruns.md).
+UNTRACKED_MODULES = frozenset({"workflow", "config"})
 
-def pick_device(preference: str = "auto") -> torch.device:
+
+def pick_device(preference: str = "auto") -> "torch.device":
     """``auto``: the first CUDA device when there is one, else the CPU; otherwise the device named."""
+    import torch
+
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(preference)
@@ -32,20 +39,76 @@ def pick_device(preference: str = "auto") -> torch.device:
     return device
 
 
+def _module_file(name: str) -> Path:
+    """The source file of module ``stirflow.<name>`` of this package (nothing is imported)."""
+    path = Path(__file__).with_name(f"{name}.py")
+    if not path.is_file():
+        raise ValueError(f"no module stirflow.{name}")
+    return path
+
+
+def behaviour_source(path: str | Path) -> str:
+    """What of a Python file can change what it does: its syntax tree without docstrings.
+
+    Comments, blank lines, formatting and docstrings are not in it, so editing them changes
+    nothing; any other edit (a constant, a default, a statement) does.
+    """
+    tree = ast.parse(Path(path).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False)
+
+
 def code_version(modules: Iterable[str]) -> str:
-    """A short hash of the source files of ``stirflow`` modules (e.g. ``["training", "models"]``).
+    """A short hash of what the ``stirflow`` modules ``modules`` do (e.g. ``["training", "models"]``).
 
     Rules pass it as a parameter so that Snakemake's params trigger reruns them when library code
-    they depend on changes (its code trigger sees only the script file itself).
+    they depend on changes (its code trigger sees only the script file itself). Only behaviour
+    counts (:func:`behaviour_source`): a comment or docstring edit reruns nothing.
     """
     h = hashlib.sha256()
     for name in sorted(set(modules)):
-        spec = importlib.util.find_spec(f"stirflow.{name}")
-        if spec is None or spec.origin is None:
-            raise ValueError(f"no module stirflow.{name}")
         h.update(name.encode())
-        h.update(Path(spec.origin).read_bytes())
+        h.update(behaviour_source(_module_file(name)).encode())
     return h.hexdigest()[:12]
+
+
+def _stirflow_imports(path: Path) -> set[str]:
+    """The stirflow modules a file imports anywhere (module level or inside functions)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif node.module and node.module.startswith("stirflow."):
+                found.add(node.module.split(".")[1])
+            elif node.module == "stirflow":
+                found |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("stirflow.")}
+    return found
+
+
+def script_modules(script: str | Path) -> set[str]:
+    """The stirflow modules a script uses, directly or through other stirflow modules, less
+    :data:`UNTRACKED_MODULES` (names ``from stirflow import x`` that are not modules are skipped)."""
+    seen: set[str] = set()
+    todo = list(_stirflow_imports(Path(script)) - UNTRACKED_MODULES)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        try:
+            path = _module_file(name)
+        except ValueError:
+            continue  # a function or class imported from the package, not a module
+        seen.add(name)
+        todo += _stirflow_imports(path) - UNTRACKED_MODULES
+    return seen
 
 
 def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
@@ -57,6 +120,8 @@ def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
         sys.stdout = sys.stderr = stream
     logging.basicConfig(level=logging.INFO, stream=stream, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
     threads = int(getattr(snakemake, "threads", 1) or 1)
     torch.set_num_threads(max(1, threads))
     log.info("rule %s, wildcards %s, %d thread(s)", snakemake.rule, dict(snakemake.wildcards), threads)
