@@ -13,9 +13,9 @@ from stirflow.config import (
     convergence_blocks,
     convergence_sample,
     convergence_steps,
+    expand_runs,
     model_spec,
-    run_config,
-    run_names,
+    run_training,
     stir_blocks,
     stir_epochs,
     training_settings,
@@ -33,7 +33,8 @@ config.update(_validated)
 
 RES = config["results_dir"]
 DATA = config["data_dir"]
-RUNS = run_names(config)
+RUN_CONFIGS = {run["name"]: run for run in expand_runs(config)}  # runs × grid × seeds
+RUNS = list(RUN_CONFIGS)
 EPOCHS = list(range(config["finetune"]["epochs"] + 1))
 STIR_EPOCHS = stir_epochs(config)
 BLOCKS = stir_blocks(config)
@@ -61,7 +62,7 @@ def code(script):
 
 
 def run_target(run):
-    return run_config(config, run)["target"]
+    return RUN_CONFIGS[run]["target"]
 
 
 def dataset_files(name, split):
@@ -89,6 +90,18 @@ def figure_files():
     return [f"{RES}/figures/{name}.{ext}" for name in FIGURES for ext in formats]
 
 
+def run_identity(run):
+    """What a run is (the finetune job's ``run`` param); its settings are in ``run_training``."""
+    return {k: RUN_CONFIGS[run][k] for k in ("name", "target", "init", "task")}
+
+
+def run_summary(run):
+    """What aggregate needs to know of a run: identity, seed, condition and settings."""
+    r = RUN_CONFIGS[run]
+    return {**run_identity(run), "seed": r["seed"], "condition": r["condition"],
+            "settings": run_training(config, r)}
+
+
 def dataset_spec(name):
     return config["datasets"][name]
 
@@ -108,7 +121,7 @@ def corrupt_inputs(w):
 
 
 def finetune_inputs(w):
-    run = run_config(config, w.run)
+    run = RUN_CONFIGS[w.run]
     inputs = {"train": dataset_files(run["target"], "train"), "test": dataset_files(run["target"], "test")}
     if run["init"] == "pretrained":
         weights = config["pretrain"]["weights"]

@@ -40,8 +40,8 @@ rule finetune:
         checkpoints=[f"{RES}/runs/{{run}}/checkpoints/epoch_{e:03d}.pt" for e in EPOCHS],
         history=f"{RES}/runs/{{run}}/history.json",
     params:
-        run=lambda w: run_config(config, w.run),
-        training=training_settings(config["finetune"]),
+        run=lambda w: run_identity(w.run),
+        training=lambda w: run_training(config, RUN_CONFIGS[w.run]),
         model=config["model"],
         weights=PRETRAINED_WEIGHTS,
         resume_dir=lambda w: f"{RES}/.resume/{w.run}",

@@ -8,6 +8,7 @@ timm model and corruption names). Every error is a :class:`ConfigError` naming t
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -23,6 +24,8 @@ __all__ = [
     "load_config",
     "run_names",
     "run_config",
+    "run_training",
+    "expand_runs",
     "stir_epochs",
     "stir_blocks",
     "model_depth",
@@ -41,9 +44,28 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: Path | None = None) -> dict[str, Any]:
+    """The config schema, with each finetuning run and the grid allowed every finetuning setting.
+
+    A run entry (``finetune.runs[k]``) and ``finetune.grid`` take the same keys as the finetune
+    section's training settings, with the same types but no defaults (a key not given is the
+    section's), so the schema file states each setting once.
+    """
     path = path or SCHEMA_PATH
     with open(path) as f:
-        return yaml.safe_load(f)
+        schema = yaml.safe_load(f)
+    finetune = schema["properties"]["finetune"]["properties"]
+    settings = {k: _without_defaults(v) for k, v in finetune.items() if k not in FINETUNE_STRUCTURE}
+    finetune["runs"]["items"]["properties"].update(settings)
+    finetune["grid"]["properties"] = {k: {"type": "array", "minItems": 1, "items": v} for k, v in settings.items()}
+    return schema
+
+
+def _without_defaults(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _without_defaults(v) for k, v in schema.items() if k != "default"}
+    if isinstance(schema, list):
+        return [_without_defaults(v) for v in schema]
+    return schema
 
 
 def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -162,16 +184,16 @@ def _check_references(config: dict[str, Any]) -> None:
             problems.append("pretrain.weights.timm_pretrained: needs model.timm_name")
         if w.get("file") and not config["model"]["timm_name"]:
             problems.append("pretrain.weights.file: needs model.timm_name (the weights' architecture)")
-    names = []
     for k, run in enumerate(config["finetune"]["runs"]):
         if run["target"] not in datasets:
             problems.append(f"finetune.runs.{k}.target: unknown data set {run['target']!r} (known: {', '.join(datasets)})")
         elif datasets[run["target"]]["kind"] == "cifar10_c":
             problems.append(f"finetune.runs.{k}.target: {run['target']!r} is a corrupted test set")
-        names.append(run.get("name") or default_run_name(run))
+    names = run_names(config)
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        problems.append(f"finetune.runs: duplicate run names {duplicates} (give each run a distinct name)")
+        problems.append(f"finetune.runs: duplicate run names {duplicates} (give each run a distinct name, or "
+                        f"vary a setting with finetune.grid)")
     try:
         depth = model_depth(config)
     except ValueError as err:
@@ -191,6 +213,10 @@ def _check_references(config: dict[str, Any]) -> None:
     if bad:
         problems.append(f"robustness.corruptions: unknown {bad} (known: {', '.join(CORRUPTIONS)})")
     problems += _check_convergence(config, names, depth)
+    similarity = config["stir"]["similarity"]
+    if config["stir"]["image_bootstrap"] and (similarity["kind"] != "linear" or similarity["debiased"]):
+        problems.append("stir.image_bootstrap: implemented for stir.similarity kind linear, not debiased "
+                        "(set image_bootstrap: 0 for other kinds)")
     ref = config["robustness"]["reference_run"]
     if ref is not None and ref not in names:
         problems.append(f"robustness.reference_run: no run named {ref!r} (runs: {', '.join(names)})")
@@ -232,22 +258,84 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- what the DAG derives
 
+#: Keys of a run entry that say what the run is; every other key overrides a finetuning setting.
+RUN_IDENTITY = ("name", "target", "init", "task")
+#: Keys of the finetune section that are not training settings.
+FINETUNE_STRUCTURE = ("runs", "seeds", "grid")
+
+
 def default_run_name(run: Mapping[str, Any]) -> str:
     task = run.get("task", "classification")
     middle = "" if task == "classification" else "-recon"
     return f"{run['target']}{middle}-{run.get('init', 'pretrained')}"
 
 
+def _label(value: Any) -> str:
+    """A setting's value as it appears in a run name (a mapping by its ``name``)."""
+    if isinstance(value, Mapping):
+        return str(value.get("name", "custom"))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).replace(" ", "")
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s keys; nested mappings (optimizer, augment) merge key by key."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and "name" not in value:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def expand_runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every finetuning run: each entry of ``finetune.runs`` × the ``finetune.grid`` × its seeds.
+
+    A run is its identity (``target``, ``init``, ``task``, ``name``) plus the settings it changes
+    (``varied``: its own overrides and its grid values) and its ``seed``. Names are derived and
+    stable: ``<target>[-recon]-<init>`` (or the entry's ``name``), then ``-<key>_<value>`` for each
+    grid key whose value differs from the finetune section's, then ``-s<seed>`` unless the seed is
+    0 — so adding a grid value or a seed never renames an existing run.
+    """
+    finetune = config["finetune"]
+    base = training_settings(finetune)
+    grid = finetune.get("grid") or {}
+    keys = list(grid)
+    runs = []
+    for entry in finetune["runs"]:
+        overrides = {k: v for k, v in entry.items() if k not in RUN_IDENTITY and k != "seed"}
+        seeds = [entry["seed"]] if "seed" in entry else list(finetune.get("seeds") or [base.get("seed", 0)])
+        for values in itertools.product(*(grid[k] for k in keys)):
+            combo = dict(zip(keys, values))
+            name = entry.get("name") or default_run_name(entry)
+            for key, value in combo.items():
+                if _merge(base, overrides).get(key) != value:
+                    name += f"-{key}_{_label(value)}"
+            for seed in seeds:
+                varied = {**overrides, **combo}
+                runs.append({"name": name + (f"-s{seed}" if seed else ""), "condition": name,
+                             "target": entry["target"], "init": entry.get("init", "pretrained"),
+                             "task": entry.get("task", "classification"), "seed": int(seed), "varied": varied})
+    return runs
+
+
 def run_names(config: Mapping[str, Any]) -> list[str]:
-    return [run.get("name") or default_run_name(run) for run in config["finetune"]["runs"]]
+    return [run["name"] for run in expand_runs(config)]
 
 
 def run_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The run entry named ``name``, with its name filled in."""
-    for run in config["finetune"]["runs"]:
-        if (run.get("name") or default_run_name(run)) == name:
-            return {**run, "name": name}
+    """The run named ``name`` (see :func:`expand_runs`)."""
+    for run in expand_runs(config):
+        if run["name"] == name:
+            return run
     raise KeyError(f"no run named {name!r}")
+
+
+def run_training(config: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
+    """The finetuning settings of ``run``: the finetune section's, with the run's own and its seed."""
+    return _sorted_keys(_merge(training_settings(config["finetune"]), {**run["varied"], "seed": run["seed"]}))
 
 
 def model_depth(config: Mapping[str, Any]) -> int:
@@ -319,5 +407,5 @@ def model_spec(config: Mapping[str, Any], task: str, num_classes: int) -> dict[s
 
 
 def training_settings(section: Mapping[str, Any]) -> dict[str, Any]:
-    """The training keys of ``pretrain`` or ``finetune`` (the runs list and data choice left out)."""
-    return {k: v for k, v in section.items() if k not in ("runs", "dataset", "weights")}
+    """The training keys of ``pretrain`` or ``finetune`` (runs, replicates, grid and data choice left out)."""
+    return {k: v for k, v in section.items() if k not in (*FINETUNE_STRUCTURE, "dataset", "weights")}
