@@ -14,7 +14,6 @@ import xarray as xr
 
 from stirflow.analysis import (
     aggregate,
-    correlation,
     correlation_table,
     early_stopping_table,
     forgetting_spread,
@@ -22,6 +21,7 @@ from stirflow.analysis import (
     summarise,
     write_tables,
 )
+from stirflow.statistics import correlation, partial_correlation, within_group_correlation
 
 RUNS = [
     {"name": "digits-pretrained", "target": "digits", "init": "pretrained", "task": "classification"},
@@ -198,7 +198,8 @@ def test_permutation_p_small_for_perfect_relation_large_for_shuffled():
     x = np.arange(20.0)
     perfect = correlation(x, 2 * x + 1, bootstrap=200, permutations=999)
     assert perfect["pearson_r"] == pytest.approx(1.0) and perfect["spearman_r"] == pytest.approx(1.0)
-    assert perfect["pearson_p"] == pytest.approx(1 / 1000)  # no permutation does as well: the smallest p
+    # no permutation does as well: the smallest one-sided p, 1 / (1 + 999), doubled for two sides (scipy)
+    assert perfect["pearson_p"] == pytest.approx(2 / 1000)
     assert perfect["pearson_ci_low"] == pytest.approx(1.0) and perfect["pearson_ci_high"] == pytest.approx(1.0)
     y = np.random.default_rng(5).permutation(x)
     shuffled = correlation(x, y, bootstrap=200, permutations=999)
@@ -227,18 +228,19 @@ def test_correlation_table_scopes_leave_out_epoch_0(summary):
         # by hand: the classification runs' scored epochs in the scope, epoch 0 never
         x = ds["forgetting_spread"].isel(run=cls).sel(epoch=epochs).values.ravel()
         y = ds["robustness"].isel(run=cls).sel(epoch=epochs).values.ravel()
-        row = ds.sel(task_kind="classification", scope=scope)
+        row = ds.sel(task_kind="classification", scope=scope, measure="absolute", estimate="pooled")
         assert int(row["corr_n"]) == len(x) == 3 * len(epochs)
         assert float(row["corr_pearson_r"]) == pytest.approx(np.corrcoef(x, y)[0, 1])
         assert float(row["corr_pearson_ci_low"]) <= float(row["corr_pearson_r"]) <= float(row["corr_pearson_ci_high"])
         assert 0 < float(row["corr_pearson_p"]) <= 1
     # robustness follows the spread by construction: a strong positive correlation over all epochs
-    assert float(ds["corr_pearson_r"].sel(task_kind="classification", scope="all")) > 0.9
+    pooled = dict(measure="absolute", estimate="pooled")
+    assert float(ds["corr_pearson_r"].sel(task_kind="classification", scope="all", **pooled)) > 0.9
     # epoch 0 (spread ~0, chance accuracy) is an outlier that would change r if it were included
     with_0 = ds["forgetting_spread"].isel(run=cls).sel(epoch=[0, 1, 2, 4, 6]).values.ravel()
     rob_0 = ds["robustness"].isel(run=cls).sel(epoch=[0, 1, 2, 4, 6]).values.ravel()
     assert abs(np.corrcoef(with_0, rob_0)[0, 1] - float(ds["corr_pearson_r"].sel(task_kind="classification",
-                                                                                  scope="all"))) > 1e-3
+                                                                                  scope="all", **pooled))) > 1e-3
 
 
 def test_correlation_table_first_k_beyond_the_last_epoch_is_all(summary):
@@ -248,7 +250,8 @@ def test_correlation_table_first_k_beyond_the_last_epoch_is_all(summary):
     np.testing.assert_array_equal(all_["corr_pearson_r"], beyond["corr_pearson_r"])
     np.testing.assert_array_equal(all_["corr_pearson_p"], beyond["corr_pearson_p"])  # same seed, same draws
     # epoch 1 alone: one point per run, three classification runs
-    assert int(table["corr_n"].sel(task_kind="classification", scope="first_1")) == 3
+    assert int(table["corr_n"].sel(task_kind="classification", scope="first_1", measure="absolute",
+                                   estimate="pooled")) == 3
 
 
 def test_reconstruction_correlation_is_oriented(summary):
@@ -257,10 +260,11 @@ def test_reconstruction_correlation_is_oriented(summary):
     run = ds.sel(run="digits-recon-pretrained", epoch=[1, 2, 4, 6])
     raw = np.corrcoef(run["forgetting_spread"], run["robustness"])[0, 1]
     assert raw < -0.9
-    r = float(ds["corr_pearson_r"].sel(task_kind="reconstruction", scope="all"))
+    pooled = dict(measure="absolute", estimate="pooled")
+    r = float(ds["corr_pearson_r"].sel(task_kind="reconstruction", scope="all", **pooled))
     assert r == pytest.approx(-raw)
-    assert int(ds["corr_n"].sel(task_kind="reconstruction", scope="first_2")) == 2
-    assert np.isnan(ds["corr_pearson_r"].sel(task_kind="reconstruction", scope="first_2"))  # 2 pairs: undefined
+    assert int(ds["corr_n"].sel(task_kind="reconstruction", scope="first_2", **pooled)) == 2
+    assert np.isnan(ds["corr_pearson_r"].sel(task_kind="reconstruction", scope="first_2", **pooled))  # 2 pairs
 
 
 # --------------------------------------------------------------------------- relative error
@@ -299,7 +303,8 @@ def _toy(spread, robustness, task="classification"):
     return xr.Dataset({"forgetting_spread": (("run", "epoch"), [spread]),
                        "robustness": (("run", "epoch"), [robustness]),
                        "robustness_oriented": (("run", "epoch"),
-                                               [np.asarray(robustness) * (1 if task == "classification" else -1)])},
+                                               [np.asarray(robustness) * (1 if task == "classification" else -1)]),
+                       "robustness_relative": (("run", "epoch"), [[0.1, 0.9, 0.2, 0.3, 0.4][:e]])},
                       coords={"run": ["r"], "epoch": list(range(e)), "task": ("run", [task])})
 
 
@@ -309,14 +314,18 @@ def test_early_stopping_by_hand():
     ds = _toy([0.9, 0.1, 0.3, nan, 0.2], [0.9, 0.5, 0.6, 0.8, 0.55])
     out = early_stopping_table(ds, {"classification": 1.0})
     assert int(out["indicator_epoch"].item()) == 2 and int(out["best_robustness_epoch"].item()) == 3
+    assert int(out["best_relative_robustness_epoch"].item()) == 1
     assert float(out["indicator_robustness"].item()) == 0.6 and float(out["best_robustness"].item()) == 0.8
     out = early_stopping_table(ds, {"classification": -1.0})  # spread against robustness: the smallest spread
     assert int(out["indicator_epoch"].item()) == 1 and int(out["indicator_direction"].item()) == -1
     # reconstruction: the best epoch has the lowest error
     rec = early_stopping_table(_toy([0.0, 0.1, 0.3, nan, 0.2], [0.5, 0.4, 0.2, 0.3, 0.25], "reconstruction"), 1.0)
     assert int(rec["best_robustness_epoch"].item()) == 2 and int(rec["indicator_epoch"].item()) == 2
-    none = early_stopping_table(_toy([0.0, nan, nan], [0.1, nan, nan]), 1.0)
+    none = _toy([0.0, nan, nan], [0.1, nan, nan])
+    none["robustness_relative"][:] = nan
+    none = early_stopping_table(none, 1.0)
     assert int(none["indicator_epoch"].item()) == -1 and int(none["best_robustness_epoch"].item()) == -1
+    assert int(none["best_relative_robustness_epoch"].item()) == -1
 
 
 def test_early_stopping_in_summary(summary):
@@ -335,13 +344,18 @@ def test_tables(summary, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "correlations.csv")))
     corr = [r for r in rows if r["table"] == "correlation"]
     stop = [r for r in rows if r["table"] == "early_stopping"]
-    assert {(r["task"], r["scope"]) for r in corr} == {(t, s) for t in ("classification", "reconstruction")
-                                                      for s in ("all", "first_2", "first_4")}
-    row = next(r for r in corr if r["task"] == "classification" and r["scope"] == "first_4")
+    assert {(r["task"], r["scope"], r["measure"], r["estimate"]) for r in corr} == set(itertools.product(
+        ("classification", "reconstruction"), ("all", "first_2", "first_4"), ("absolute", "relative"),
+        ("pooled", "within_run", "partial")))
+    pooled = [r for r in corr if r["measure"] == "absolute" and r["estimate"] == "pooled"]
+    row = next(r for r in pooled if r["task"] == "classification" and r["scope"] == "first_4")
     assert row["epochs"] == "1-4" and int(row["n"]) == 9
-    assert float(row["pearson_r"]) == pytest.approx(
-        float(summary["corr_pearson_r"].sel(task_kind="classification", scope="first_4")), rel=1e-5)
-    assert next(r for r in corr if r["task"] == "reconstruction")["robustness"] == "minus mean corrupted L1 error"
+    assert float(row["pearson_r"]) == pytest.approx(float(summary["corr_pearson_r"].sel(
+        task_kind="classification", scope="first_4", measure="absolute", estimate="pooled")), rel=1e-5)
+    assert "minus the mean corrupted L1 error" in next(r for r in pooled if r["task"] == "reconstruction")["robustness"]
+    within = next(r for r in corr if r["task"] == "classification" and r["scope"] == "all"
+                  and r["measure"] == "absolute" and r["estimate"] == "within_run")
+    assert within["n"] == "3"  # three classification runs
     assert [r["run"] for r in stop] == [r["name"] for r in RUNS]
     assert all(r["indicator_epoch"] == "6" and r["best_robustness_epoch"] == "6" for r in stop)
     assert all(r["indicator_direction"] == "1" for r in stop)
@@ -353,7 +367,7 @@ def test_tables(summary, tmp_path):
     stop = [r for r in csv.DictReader(open(tmp_path / "flipped.csv")) if r["table"] == "early_stopping"]
     assert [r["indicator_direction"] for r in stop] == ["-1"] * 4
     assert [r["indicator_epoch"] for r in stop] == ["6", "6", "", "6"]
-    undefined = next(r for r in corr if r["task"] == "reconstruction" and r["scope"] == "first_2")
+    undefined = next(r for r in pooled if r["task"] == "reconstruction" and r["scope"] == "first_2")
     assert undefined["pearson_r"] == "" and undefined["n"] == "2"
 
     rows = list(csv.DictReader(open(tmp_path / "checkpoints.csv")))
@@ -382,3 +396,92 @@ def test_without_reference_run(tmp_path):
     assert list(ds.scope.values) == ["all"]
     write_tables(ds, tmp_path / "c.csv", tmp_path / "k.csv")
     assert all(r["relative_error"] == "" for r in csv.DictReader(open(tmp_path / "k.csv")))
+
+
+# --------------------------------------------------------------------------- pooled, within run, partial
+
+def simpson_runs():
+    """Two runs in which robustness falls as the spread rises, while the run with more spread is the
+    more robust one: pooled r > 0, every within-run r < 0. The clean score moves with robustness."""
+    rng = np.random.default_rng(11)
+    xs, ys, zs = [], [], []
+    for offset in (0.0, 1.0):
+        x = offset + np.linspace(0, 0.5, 8)
+        y = offset * 2 - x + 0.02 * rng.normal(size=8)
+        xs.append(x), ys.append(y), zs.append(y + 0.5 + 0.01 * rng.normal(size=8))
+    return xs, ys, zs
+
+
+def test_pooled_and_within_run_correlations_disagree_on_simpsons_paradox():
+    from scipy import stats
+
+    xs, ys, _ = simpson_runs()
+    pooled = correlation(np.concatenate(xs), np.concatenate(ys), bootstrap=300, permutations=300)
+    within, per_run = within_group_correlation(xs, ys, bootstrap=300, permutations=300)
+    assert pooled["pearson_r"] > 0.5
+    for k in range(2):
+        assert per_run["pearson"][k] == pytest.approx(stats.pearsonr(xs[k], ys[k])[0])
+        assert per_run["spearman"][k] == pytest.approx(stats.spearmanr(xs[k], ys[k])[0])
+    assert within["pearson_r"] == pytest.approx(np.mean(per_run["pearson"])) and within["pearson_r"] < -0.9
+    assert within["n"] == 2 and within["pearson_ci_high"] < 0
+    assert within["pearson_p"] < 0.05  # shuffling within runs never gives so negative a mean
+
+
+def test_partial_correlation_against_the_formula_and_residuals():
+    from scipy import stats
+
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=60)
+    x = z + 0.5 * rng.normal(size=60)
+    y = z + 0.5 * rng.normal(size=60)  # x and y related only through z
+    out = partial_correlation(x, y, z, bootstrap=300, permutations=300)
+    rxy, rxz, ryz = stats.pearsonr(x, y)[0], stats.pearsonr(x, z)[0], stats.pearsonr(y, z)[0]
+    assert out["pearson_r"] == pytest.approx((rxy - rxz * ryz) / np.sqrt((1 - rxz ** 2) * (1 - ryz ** 2)))
+    rank = [stats.rankdata(v) for v in (x, y, z)]
+    rxy, rxz, ryz = (stats.pearsonr(rank[a], rank[b])[0] for a, b in ((0, 1), (0, 2), (1, 2)))
+    assert out["spearman_r"] == pytest.approx((rxy - rxz * ryz) / np.sqrt((1 - rxz ** 2) * (1 - ryz ** 2)))
+    assert stats.pearsonr(x, y)[0] > 0.6 and abs(out["pearson_r"]) < 0.3  # the association was z's
+    assert out["pearson_ci_low"] < 0 < out["pearson_ci_high"] and out["pearson_p"] > 0.05
+
+
+def test_simpsons_paradox_through_the_correlation_table():
+    """The table on a summary built like the Simpson case: pooled > 0, within_run < 0, and the
+    partial correlation (controlling for the clean score, which carries robustness) near 0."""
+    xs, ys, zs = simpson_runs()
+    e = len(xs[0])
+    ds = xr.Dataset({"forgetting_spread": (("run", "epoch"), np.stack(xs)),
+                     "robustness_oriented": (("run", "epoch"), np.stack(ys)),
+                     "robustness_relative": (("run", "epoch"), np.stack(ys) / np.stack(zs)),
+                     "clean_score": (("run", "epoch"), np.stack(zs))},
+                    coords={"run": ["a", "b"], "epoch": np.arange(1, e + 1), "task": ("run", ["classification"] * 2)})
+    table = correlation_table(ds, [], bootstrap=100, permutations=100)
+    r = table["corr_pearson_r"].sel(task_kind="classification", scope="all", measure="absolute")
+    assert float(r.sel(estimate="pooled")) > 0.5 and float(r.sel(estimate="within_run")) < -0.9
+    assert abs(float(r.sel(estimate="partial"))) < abs(float(r.sel(estimate="pooled")))
+    np.testing.assert_allclose(table["corr_run_pearson_r"].sel(scope="all", measure="absolute"),
+                               [np.corrcoef(x, y)[0, 1] for x, y in zip(xs, ys)])
+
+
+def test_relative_robustness(summary, truth):
+    ds = summary
+    cls = ds.sel(run="digits-pretrained")
+    np.testing.assert_allclose(cls["robustness_relative"], cls["robustness"] / cls["clean_score"])
+    rec = ds.sel(run="digits-recon-pretrained")
+    np.testing.assert_allclose(rec["robustness_relative"], rec["clean_score"] / rec["robustness"])
+
+
+def test_run_coordinates_say_what_each_run_is():
+    from stirflow.analysis import run_coordinates
+
+    runs = [{"name": "d-pretrained", "condition": "d-pretrained", "target": "d", "init": "pretrained", "seed": 0,
+             "settings": {"optimizer": {"lr": 0.1, "name": "sgd"}, "train_fraction": 1.0, "seed": 0}},
+            {"name": "d-pretrained-s1", "condition": "d-pretrained", "target": "d", "init": "pretrained", "seed": 1,
+             "settings": {"optimizer": {"lr": 0.1, "name": "sgd"}, "train_fraction": 1.0, "seed": 1}},
+            {"name": "d-scratch-train_fraction_0.3", "condition": "d-scratch-train_fraction_0.3", "target": "d",
+             "init": "scratch", "seed": 0,
+             "settings": {"optimizer": {"lr": 0.2, "name": "sgd"}, "train_fraction": 0.3, "seed": 0}}]
+    coords = run_coordinates(runs)
+    assert coords["seed"] == ("run", [0, 1, 0])
+    assert coords["condition"][1] == ["d-pretrained", "d-pretrained", "d-scratch-train_fraction_0.3"]
+    assert coords["train_fraction"] == ("run", [1.0, 1.0, 0.3]) and coords["optimizer_lr"] == ("run", [0.1, 0.1, 0.2])
+    assert "optimizer_name" not in coords  # the same in every run: not a coordinate

@@ -24,6 +24,7 @@ would decide the correlation by itself.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,7 +35,6 @@ import xarray as xr
 __all__ = [
     "ROBUSTNESS_DIRECTION",
     "aggregate",
-    "correlation",
     "correlation_table",
     "early_stopping_table",
     "forgetting_spread",
@@ -52,7 +52,6 @@ HISTORY_KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "t
 ROBUSTNESS_DIRECTION = {"classification": 1.0, "reconstruction": -1.0}
 #: What ``robustness`` measures, and what ``robustness_oriented`` is, per task (for tables and labels).
 ROBUSTNESS_MEASURE = {"classification": "mean corrupted accuracy", "reconstruction": "mean corrupted L1 error"}
-ORIENTED_MEASURE = {"classification": "mean corrupted accuracy", "reconstruction": "minus mean corrupted L1 error"}
 
 
 def forgetting_spread(forgetting: xr.DataArray) -> xr.DataArray:
@@ -109,6 +108,10 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     data = {k: np.full(shape_l, np.nan) for k in ("forgetting", "learning", *INVERSION_LOSSES)}
     data.update({k: np.full(shape_l + (len(blocks),), np.nan) for k in MATRICES})
     curves = np.full(shape_l + (len(steps),), np.nan)
+    compression = np.full(shape_l[:2], np.nan)
+    resamples = int(stir[0].sizes.get("resample", 0)) if stir else 0
+    boot = {k: np.full(shape_l[:2] + (resamples, len(blocks)), np.nan) for k in ("learning_boot", "forgetting_boot")}
+    compression_boot = np.full(shape_l[:2] + (resamples,), np.nan)
     for scores, path in zip(stir, stir_files):
         r, e = names.index(str(scores.attrs["run"])), epochs.index(int(scores.attrs["epoch"]))
         if [int(b) for b in scores.layer.values] != blocks:
@@ -119,6 +122,14 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
             # the checkpoint's own inversions (model B of its comparison against epoch 0)
             data[key][r, e] = scores[INVERSION_LOSSES[key] if key in INVERSION_LOSSES else key].values
         curves[r, e] = scores["inversion_curve_b"].values
+        compression[r, e] = float(scores["compression"])
+        if resamples:
+            if int(scores.sizes.get("resample", 0)) != resamples:
+                raise ValueError(f"{path}: {scores.sizes.get('resample', 0)} image resamples, other STIR files "
+                                 f"{resamples}")
+            for key in boot:
+                boot[key][r, e] = scores[key].transpose("resample", "layer").values
+            compression_boot[r, e] = scores["compression_boot"].values
 
     clean = np.full((len(names), len(epochs)), np.nan)
     corrupted = np.full((len(names), len(epochs), len(corruptions), len(severities)), np.nan)
@@ -136,12 +147,9 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
                 if k in rec:
                     history[k][r, epochs.index(rec["epoch"])] = rec[k]
 
-    tasks = [r.get("task", "classification") for r in runs]
     coords = {
         "run": names, "epoch": epochs, "layer": blocks, "layer_ref": blocks, "layer_eval": blocks,
-        "corruption": list(corruptions), "severity": list(severities),
-        "target": ("run", [r["target"] for r in runs]), "init": ("run", [r.get("init", "pretrained") for r in runs]),
-        "task": ("run", tasks),
+        "corruption": list(corruptions), "severity": list(severities), **run_coordinates(runs),
     }
     dims_l, dims_m = ("run", "epoch", "layer"), ("run", "epoch", "layer_ref", "layer_eval")
     coords["step"] = steps
@@ -170,6 +178,13 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     ds["robustness_oriented"] = ds["robustness"] * direction(ds)
     ds["robustness_oriented"].attrs["description"] = ("robustness with higher = more robust: the mean corrupted "
                                                       "accuracy, or minus the mean corrupted L1 error")
+    is_cls = ds["task"] == "classification"
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ds["robustness_relative"] = xr.where(is_cls, ds["robustness"] / ds["clean_score"],
+                                             ds["clean_score"] / ds["robustness"])
+    ds["robustness_relative"].attrs["description"] = (
+        "robustness relative to the clean score, higher = more robust: corrupted / clean accuracy, or "
+        "clean / corrupted L1 error (separates robustness from how well the model does at all)")
     for k, v in history.items():
         if not np.isnan(v).all():
             ds[k] = (("run", "epoch"), v)
@@ -182,6 +197,15 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
                                   {"description": "mean relative loss at the start (noise)"})
     ds["inversion_curve"] = (dims_l + ("step",), curves,
                              {"description": "mean best relative loss of the inversions at each logged step"})
+    ds["compression"] = (("run", "epoch"), compression,
+                         {"description": "compression index: mean over i > j of flow - within_ref, minus the "
+                                         "same over i < j (> 0: invariances moved toward shallower layers)"})
+    if resamples:
+        for key, text in (("learning_boot", "learning"), ("forgetting_boot", "forgetting")):
+            ds[key] = (("run", "epoch", "resample", "layer"), boot[key],
+                       {"description": f"{text} on bootstrap resamples of the STIR images"})
+        ds["compression_boot"] = (("run", "epoch", "resample"), compression_boot,
+                                  {"description": "compression index on bootstrap resamples of the STIR images"})
     if convergence_files:
         checked = convergence_summary(ds, [read_scores(p) for p in convergence_files], **dict(convergence or {}))
         ds = ds.merge(checked)
@@ -240,6 +264,39 @@ def unconverged(ds: xr.Dataset) -> list[str]:
     return out
 
 
+def _flat(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as flat keys: {"optimizer": {"lr": 0.1}} → {"optimizer_lr": 0.1}."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}_"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run_coordinates(runs: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, list]]:
+    """Coordinates of ``run``: ``target``, ``init``, ``task``, ``seed``, ``condition`` (the run's name
+    without its seed: runs that are replicates of each other share it), and every finetuning setting
+    that differs between runs (nested keys joined by ``_``, e.g. ``optimizer_lr``), so that
+    ``ds.groupby("init")`` or ``ds.where(ds.seed == 0)`` select runs by what they are."""
+    coords: dict[str, tuple[str, list]] = {
+        "target": ("run", [r["target"] for r in runs]),
+        "init": ("run", [r.get("init", "pretrained") for r in runs]),
+        "task": ("run", [r.get("task", "classification") for r in runs]),
+        "seed": ("run", [int(r.get("seed", 0)) for r in runs]),
+        "condition": ("run", [r.get("condition", r["name"]) for r in runs]),
+    }
+    settings = [_flat(r.get("settings", {})) for r in runs]
+    for key in sorted({k for s in settings for k in s} - {"seed"}):
+        values = [s.get(key) for s in settings]
+        if len({json.dumps(v, sort_keys=True) for v in values}) < 2:
+            continue  # the same for every run: a setting of the experiment, not a coordinate
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        coords[key] = ("run", [float(v) for v in values] if numeric else [str(v) for v in values])
+    return coords
+
+
 def direction(ds: xr.Dataset) -> xr.DataArray:
     """Per run: +1 where robustness is an accuracy, −1 where it is an error (:data:`ROBUSTNESS_DIRECTION`)."""
     return xr.DataArray([ROBUSTNESS_DIRECTION[str(t)] for t in ds["task"].values], dims="run",
@@ -281,64 +338,17 @@ def relative_error(ds: xr.Dataset, reference_run: str, *, per_corruption: bool =
 
 # --------------------------------------------------------------------------- correlation analysis
 
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson r of each row pair of ``x`` and ``y`` (B, n); NaN where either row is constant."""
-    degenerate = (np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)
-    xc = x - x.mean(axis=1, keepdims=True)
-    yc = y - y.mean(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xc * yc).sum(axis=1) / np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
-    r = np.clip(r, -1.0, 1.0)
-    r[degenerate] = np.nan
-    return r
-
-
-def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman ρ (Pearson r of average ranks, as scipy.stats.spearmanr) of each row pair."""
-    from scipy.stats import rankdata
-
-    return _pearson_rows(rankdata(x, axis=1), rankdata(y, axis=1))
-
-
-def correlation(x: np.ndarray, y: np.ndarray, *, bootstrap: int = 1000, permutations: int = 1000,
-                seed: int = 0) -> dict[str, float]:
-    """Pearson and Spearman r of paired samples, with bootstrap 95% intervals and permutation p-values.
-
-    * interval: 2.5 and 97.5 percentiles of r over ``bootstrap`` resamples of the pairs with
-      replacement (resamples where one side is constant are skipped);
-    * p-value: two-sided, ``(1 + #{|r_perm| ≥ |r|}) / (1 + permutations)`` over random
-      permutations of ``y`` against ``x``; the observed pairing counts as one, so p is never 0
-      and its smallest value is ``1 / (1 + permutations)``. The test assumes the pairs are
-      exchangeable: epochs of one run are not independent, so read p as descriptive.
-
-    Fewer than 3 pairs, or a constant side: every value NaN (``n`` is still given).
-    """
-    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"x and y differ in length: {x.size} vs {y.size}")
-    n = x.size
-    out: dict[str, float] = {"n": float(n)}
-    methods = {"pearson": _pearson_rows, "spearman": _spearman_rows}
-    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        for name in methods:
-            out.update({f"{name}_r": np.nan, f"{name}_ci_low": np.nan, f"{name}_ci_high": np.nan, f"{name}_p": np.nan})
-        return out
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(bootstrap, n))
-    shuffled = rng.permuted(np.broadcast_to(y, (permutations, n)), axis=1)
-    for name, fn in methods.items():
-        r = float(fn(x[None], y[None])[0])
-        boots = fn(x[idx], y[idx]) if bootstrap else np.empty(0)
-        boots = boots[np.isfinite(boots)]
-        out[f"{name}_r"] = r
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (
-            (float(v) for v in np.percentile(boots, [2.5, 97.5])) if boots.size else (np.nan, np.nan))
-        if permutations:
-            perm = fn(np.broadcast_to(x, (permutations, n)), shuffled)
-            out[f"{name}_p"] = float((1 + np.sum(np.abs(perm) >= abs(r) - 1e-12)) / (1 + permutations))
-        else:
-            out[f"{name}_p"] = np.nan
-    return out
+#: The robustness measures correlated with forgetting spread: summary.nc variable, and in words.
+MEASURES = {
+    "absolute": ("robustness_oriented", "mean corrupted accuracy (reconstruction: minus the mean corrupted L1 error)"),
+    "relative": ("robustness_relative", "corrupted / clean accuracy (reconstruction: clean / corrupted L1 error)"),
+}
+#: How the (run, epoch) points are combined into one correlation.
+ESTIMATES = {
+    "pooled": "all runs x epochs as one sample",
+    "within_run": "each run over its epochs, averaged over runs (interval over runs)",
+    "partial": "all runs x epochs, controlling for the clean score (residuals of a linear fit on it)",
+}
 
 
 def _scope_epochs(ds: xr.Dataset, max_epoch: int | None) -> list[int]:
@@ -346,40 +356,70 @@ def _scope_epochs(ds: xr.Dataset, max_epoch: int | None) -> list[int]:
     return [int(e) for e in ds.epoch.values if e >= 1 and (max_epoch is None or e <= max_epoch)]
 
 
-def _pairs(ds: xr.Dataset, max_epoch: int | None, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """(forgetting spread, oriented robustness) over runs of ``task`` × epochs 1..max_epoch where both exist."""
-    sub = ds.isel(run=np.flatnonzero(ds["task"].values == task)).sel(epoch=_scope_epochs(ds, max_epoch))
-    x = sub["forgetting_spread"].values.ravel()
-    y = sub["robustness_oriented"].values.ravel()
-    keep = np.isfinite(x) & np.isfinite(y)
-    return x[keep], y[keep]
-
-
 def _scope_limit(scope: str) -> int | None:
     return None if scope == "all" else int(str(scope).rsplit("_", 1)[1])
 
 
+def _points(ds: xr.Dataset, task: str, max_epoch: int | None, measure: str) -> list[tuple[str, np.ndarray, ...]]:
+    """Per run of ``task``: (run, spread, robustness measure, clean score) at epochs 1..max_epoch where
+    all three exist. The clean score is oriented like robustness (higher = better)."""
+    variable = MEASURES[measure][0]
+    out = []
+    for run in ds.run.values[ds["task"].values == task]:
+        sub = ds.sel(run=run, epoch=_scope_epochs(ds, max_epoch))
+        x, y = sub["forgetting_spread"].values, sub[variable].values
+        z = sub["clean_score"].values * ROBUSTNESS_DIRECTION[task]
+        keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+        out.append((str(run), x[keep], y[keep], z[keep]))
+    return out
+
+
 def correlation_table(ds: xr.Dataset, first_epochs: Sequence[int], *, bootstrap: int = 1000,
                       permutations: int = 1000, seed: int = 0) -> xr.Dataset:
-    """Correlation of forgetting spread with oriented robustness, per task kind, over every run ×
-    epoch ≥ 1 (``scope = "all"``) and over epochs 1..k only (``scope = "first_<k>"``).
+    """Forgetting spread against robustness, per task kind × scope × measure × estimate.
 
-    Variables ``corr_<key>`` for the keys of :func:`correlation`, dims (``task_kind``, ``scope``).
+    ``scope``: all epochs ≥ 1 (``"all"``) or epochs 1..k (``"first_<k>"``); ``measure``: see
+    :data:`MEASURES`; ``estimate``: see :data:`ESTIMATES`. Variables ``corr_<key>`` for the keys of
+    :func:`stirflow.statistics.correlation` (``n`` counts (run, epoch) pairs, or runs for
+    ``within_run``), and ``corr_run_pearson_r`` / ``corr_run_spearman_r`` (run, scope, measure):
+    each run's own correlation.
     """
+    from .statistics import correlation, partial_correlation, within_group_correlation
+
     scopes = ["all"] + [f"first_{int(k)}" for k in first_epochs]
     tasks = sorted(set(map(str, ds["task"].values)))
-    rows: dict[str, np.ndarray] = {}
-    for t, task in enumerate(tasks):
-        for s, scope in enumerate(scopes):
-            result = correlation(*_pairs(ds, _scope_limit(scope), task), bootstrap=bootstrap,
-                                 permutations=permutations, seed=seed)
-            for key, value in result.items():
-                rows.setdefault(key, np.full((len(tasks), len(scopes)), np.nan))[t, s] = value
-    out = xr.Dataset({f"corr_{k}": (("task_kind", "scope"), v) for k, v in rows.items()},
-                     coords={"task_kind": tasks, "scope": scopes})
-    out["corr_n"].attrs["description"] = "number of (run, epoch) pairs with both forgetting spread and robustness"
+    measures, estimates = list(MEASURES), list(ESTIMATES)
+    shape = (len(tasks), len(scopes), len(measures), len(estimates))
+    table: dict[str, np.ndarray] = {}
+    per_run = {m: np.full((ds.sizes["run"], len(scopes), len(measures)), np.nan) for m in ("pearson", "spearman")}
+    runs = list(map(str, ds.run.values))
+    options = dict(bootstrap=bootstrap, permutations=permutations, seed=seed)
+    for (t, task), (s, scope), (m, measure) in itertools.product(enumerate(tasks), enumerate(scopes),
+                                                                 enumerate(measures)):
+        points = _points(ds, task, _scope_limit(scope), measure)
+        x, y, z = (np.concatenate([p[k] for p in points]) if points else np.empty(0) for k in (1, 2, 3))
+        within, each = within_group_correlation([p[1] for p in points], [p[2] for p in points], **options)
+        results = {"pooled": correlation(x, y, **options), "within_run": within,
+                   "partial": partial_correlation(x, y, z, **options)}
+        for e, estimate in enumerate(estimates):
+            for key, value in results[estimate].items():
+                table.setdefault(key, np.full(shape, np.nan))[t, s, m, e] = value
+        for method in per_run:
+            for p, r in zip(points, each[method]):
+                per_run[method][runs.index(p[0]), s, m] = r
+    dims = ("task_kind", "scope", "measure", "estimate")
+    out = xr.Dataset({f"corr_{k}": (dims, v) for k, v in table.items()},
+                     coords={"task_kind": tasks, "scope": scopes, "measure": measures, "estimate": estimates,
+                             "measure_description": ("measure", [MEASURES[m][1] for m in measures]),
+                             "estimate_description": ("estimate", [ESTIMATES[e] for e in estimates])})
+    for method, values in per_run.items():
+        out[f"corr_run_{method}_r"] = (("run", "scope", "measure"), values,
+                                       {"description": f"{method} r of forgetting spread with robustness within "
+                                                       f"each run, over its epochs"})
+    out = out.assign_coords(run=ds.run.values)
+    out["corr_n"].attrs["description"] = "(run, epoch) pairs, or runs for the within_run estimate"
     for name in ("pearson", "spearman"):
-        out[f"corr_{name}_r"].attrs["description"] = f"{name} correlation of forgetting_spread with robustness_oriented"
+        out[f"corr_{name}_r"].attrs["description"] = f"{name} correlation of forgetting_spread with robustness"
         out[f"corr_{name}_p"].attrs["description"] = f"two-sided permutation p-value ({permutations} permutations)"
         for side in ("low", "high"):
             out[f"corr_{name}_ci_{side}"].attrs["description"] = f"bootstrap 95% interval ({bootstrap} resamples)"
@@ -387,55 +427,68 @@ def correlation_table(ds: xr.Dataset, first_epochs: Sequence[int], *, bootstrap:
 
 
 def early_stopping_table(ds: xr.Dataset, directions: Mapping[str, float] | float = 1.0) -> xr.Dataset:
-    """Per run: the epoch the forgetting-spread indicator picks, against the epoch with the best robustness.
+    """Per run: the epoch the forgetting-spread indicator picks, against the epochs with the best robustness.
 
     The indicator picks, among epochs ≥ 1 with a forgetting spread, the one with the largest spread
     where the run's task has ``directions[task] > 0`` (spread goes with robustness) and the smallest
-    where it is < 0 (ties: the earliest). The best epoch is the most robust epoch ≥ 1 (highest
-    accuracy, lowest error). Epoch −1: nothing to choose from. Also given: the (measured, not
-    oriented) robustness at both epochs.
+    where it is < 0 (ties: the earliest). The best epochs are the most robust epochs ≥ 1 by each
+    measure of :data:`MEASURES`. Epoch −1: nothing to choose from. Also given: the (measured, not
+    oriented) robustness at the picked and the best epoch.
     """
-    picked, best, rob_picked, rob_best, signs = [], [], [], [], []
+    picked, rob_picked, signs = [], [], []
+    best = {m: [] for m in MEASURES}
+    rob_best = []
     epochs = _scope_epochs(ds, None)
     for run in ds.run.values:
         task = str(ds["task"].sel(run=run).values)
         sign = directions if isinstance(directions, (int, float)) else directions.get(task, 1.0)
         sign = 1.0 if not np.isfinite(sign) or sign == 0 else float(np.sign(sign))
         sub = ds.sel(run=run, epoch=epochs)
-        spread, oriented, rob = (sub[k].values for k in ("forgetting_spread", "robustness_oriented", "robustness"))
-        ok, good = np.isfinite(spread), np.isfinite(oriented)
+        spread, rob = sub["forgetting_spread"].values, sub["robustness"].values
+        ok = np.isfinite(spread)
         i = int(np.flatnonzero(ok)[np.argmax(sign * spread[ok])]) if ok.any() else None
-        j = int(np.flatnonzero(good)[np.argmax(oriented[good])]) if good.any() else None
         picked.append(epochs[i] if i is not None else -1)
-        best.append(epochs[j] if j is not None else -1)
         rob_picked.append(rob[i] if i is not None else np.nan)
-        rob_best.append(rob[j] if j is not None else np.nan)
         signs.append(int(sign))
+        for measure, (variable, _) in MEASURES.items():
+            values = sub[variable].values
+            good = np.isfinite(values)
+            j = int(np.flatnonzero(good)[np.argmax(values[good])]) if good.any() else None
+            best[measure].append(epochs[j] if j is not None else -1)
+            if measure == "absolute":
+                rob_best.append(rob[j] if j is not None else np.nan)
     out = xr.Dataset(
         {"indicator_direction": ("run", signs, {"description": "+1: the indicator picks the largest forgetting "
-                                                "spread, -1: the smallest"}),
+                                                "spread, -1: the smallest (the sign of the pooled Pearson r with "
+                                                "absolute robustness over all epochs)"}),
          "indicator_epoch": ("run", picked,
                              {"description": "epoch picked by the forgetting-spread indicator (-1: none)"}),
-         "best_robustness_epoch": ("run", best, {"description": "most robust epoch >= 1 (-1: none)"}),
+         "best_robustness_epoch": ("run", best["absolute"],
+                                   {"description": "most robust epoch >= 1 by absolute robustness (-1: none)"}),
+         "best_relative_robustness_epoch": ("run", best["relative"],
+                                            {"description": "most robust epoch >= 1 by relative robustness"}),
          "indicator_robustness": ("run", rob_picked, {"description": "robustness at indicator_epoch"}),
          "best_robustness": ("run", rob_best, {"description": "robustness at best_robustness_epoch"})},
         coords={"run": ds.run.values})
+    out.attrs["indicator_measure"] = "absolute"
     return out
 
 
 def summarise(ds: xr.Dataset, analysis: Mapping[str, Any]) -> xr.Dataset:
     """Add the correlation table and the early-stopping indicator to the aggregated Dataset.
 
-    The indicator's direction for each task kind is the sign of that task's Pearson r over all
-    epochs (+1 where it is undefined).
+    The indicator's direction for each task kind is the sign of that task's pooled Pearson r with
+    absolute robustness over all epochs (+1 where it is undefined).
     """
     corr = correlation_table(ds, analysis.get("first_epochs", []), bootstrap=analysis.get("bootstrap", 1000),
                              permutations=analysis.get("permutations", 1000), seed=analysis.get("seed", 0))
-    r_all = corr["corr_pearson_r"].sel(scope="all")
+    r_all = corr["corr_pearson_r"].sel(scope="all", measure="absolute", estimate="pooled")
     directions = {str(t): float(np.sign(np.nan_to_num(r_all.sel(task_kind=t).item()))) or 1.0
                   for t in corr.task_kind.values}
-    out = xr.merge([ds, corr, early_stopping_table(ds, directions)], compat="override", join="outer")
+    stopping = early_stopping_table(ds, directions)
+    out = xr.merge([ds, corr, stopping], compat="override", join="outer")
     out.attrs.update(ds.attrs)
+    out.attrs["indicator_measure"] = stopping.attrs["indicator_measure"]
     return out
 
 
@@ -453,33 +506,36 @@ def _fmt(value: Any) -> str:
 
 
 def correlation_rows(ds: xr.Dataset) -> list[dict[str, str]]:
-    """The correlation rows (one per task kind × scope) and early-stopping rows (one per run) of the CSV table."""
+    """The correlation rows (task kind × scope × measure × estimate) and early-stopping rows (one per
+    run) of the CSV table."""
     keys = ["n"] + [f"{m}_{k}" for m in ("pearson", "spearman") for k in ("r", "ci_low", "ci_high", "p")]
     rows = []
-    for task in ds.task_kind.values:
-        for scope in ds.scope.values:
-            epochs = _scope_epochs(ds, _scope_limit(str(scope)))
-            rows.append({"table": "correlation", "task": str(task), "scope": str(scope),
-                         "epochs": f"{epochs[0]}-{epochs[-1]}" if epochs else "",
-                         "robustness": ORIENTED_MEASURE.get(str(task), "robustness"),
-                         **{k: _fmt(ds[f"corr_{k}"].sel(task_kind=task, scope=scope).item()) for k in keys}})
+    for task, scope, measure, estimate in itertools.product(ds.task_kind.values, ds.scope.values,
+                                                            ds.measure.values, ds.estimate.values):
+        epochs = _scope_epochs(ds, _scope_limit(str(scope)))
+        sel = dict(task_kind=task, scope=scope, measure=measure, estimate=estimate)
+        rows.append({"table": "correlation", "task": str(task), "scope": str(scope),
+                     "epochs": f"{epochs[0]}-{epochs[-1]}" if epochs else "", "measure": str(measure),
+                     "estimate": str(estimate), "robustness": MEASURES[str(measure)][1],
+                     **{k: _fmt(ds[f"corr_{k}"].sel(sel).item()) for k in keys}})
     for run in ds.run.values:
         task = str(ds["task"].sel(run=run).values)
         rows.append({"table": "early_stopping", "task": task, "run": str(run),
                      "target": str(ds["target"].sel(run=run).values), "init": str(ds["init"].sel(run=run).values),
+                     "measure": ds.attrs.get("indicator_measure", "absolute"),
                      "robustness": ROBUSTNESS_MEASURE.get(task, "robustness"),
                      "indicator_direction": _fmt(ds["indicator_direction"].sel(run=run).item()),
                      **{k: _fmt(v) if (v := ds[k].sel(run=run).item()) >= 0 else ""  # -1: no epoch to pick
-                        for k in ("indicator_epoch", "best_robustness_epoch")},
+                        for k in ("indicator_epoch", "best_robustness_epoch", "best_relative_robustness_epoch")},
                      **{k: _fmt(ds[k].sel(run=run).item()) for k in ("indicator_robustness", "best_robustness")}})
     return rows
 
 
-CORRELATION_COLUMNS = ["table", "task", "scope", "epochs", "robustness", "n",
+CORRELATION_COLUMNS = ["table", "task", "scope", "epochs", "measure", "estimate", "robustness", "n",
                        "pearson_r", "pearson_ci_low", "pearson_ci_high", "pearson_p",
                        "spearman_r", "spearman_ci_low", "spearman_ci_high", "spearman_p",
                        "run", "target", "init", "indicator_direction", "indicator_epoch", "best_robustness_epoch",
-                       "indicator_robustness", "best_robustness"]
+                       "best_relative_robustness_epoch", "indicator_robustness", "best_robustness"]
 
 
 def checkpoint_rows(ds: xr.Dataset) -> tuple[list[str], list[dict[str, str]]]:
