@@ -46,6 +46,7 @@ rule stir_scores:
         blocks=BLOCKS,
         representation=config["stir"]["representation"],
         similarity=config["stir"]["similarity"],
+        bootstrap=config["stir"]["image_bootstrap"],
         device=config["compute"]["device"],
         code=code("stir_scores"),
     log:
@@ -107,6 +108,7 @@ rule stir_scores_check:
         blocks=CHECK_BLOCKS,
         representation=config["stir"]["representation"],
         similarity=config["stir"]["similarity"],
+        bootstrap=0,
         device=config["compute"]["device"],
         code=code("stir_scores"),
     log:

@@ -36,7 +36,7 @@ def main(sm):
         raise ValueError(f"{sm.input.inversions[0]} and {sm.input.ref_inversions[0]} inverted different images")
     x = to_tensor(read_image_h5(sm.input.images).images[idx_ref]).to(device)
     ds = compare(p, f, x, blocks=blocks, representation=sm.params.representation, similarity=sm.params.similarity,
-                 inverted_a=inv_ref, inverted_b=inv_eval)
+                 bootstrap=sm.params.bootstrap, inverted_a=inv_ref, inverted_b=inv_eval)
     ds["image_index"].values[:] = idx_ref
     ds.attrs.update({k: settings[k] for k in INVERSION_OPTIONS if k in settings})  # what made the inversions
     ds.attrs.update(run=sm.wildcards.run, epoch=int(sm.wildcards.epoch), reference=str(sm.input.ref_checkpoint),

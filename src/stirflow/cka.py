@@ -47,6 +47,7 @@ __all__ = [
     "MinibatchCKA",
     "minibatch_cka",
     "similarity",
+    "bootstrap_linear_cka",
     "SIMILARITY_KINDS",
 ]
 
@@ -398,6 +399,32 @@ def minibatch_cka(
     for start, end in zip(starts, ends):
         accumulator.update(x[start:end], y[start:end])
     return accumulator.compute()
+
+
+# --------------------------------------------------------------------------- bootstrap over samples
+
+
+def bootstrap_linear_cka(gram_x: Tensor, gram_y: Tensor, indices: Tensor, chunk: int = 64) -> Tensor:
+    """Linear CKA (biased HSIC) of each resample of the samples: ``indices`` (B, n) → (B,) float64.
+
+    ``gram_x``, ``gram_y``: the n x n linear Gram matrices (:func:`gram_linear`) of the full set.
+    A resample's Gram matrix is ``K[idx][:, idx]``, centred and compared as :func:`cka` does, so
+    ``indices = arange(n)`` gives :func:`linear_cka` itself. ``chunk`` resamples at a time bound the
+    memory (chunk x n x n).
+    """
+    kx, ky = _as_gram(gram_x, "gram_x"), _as_gram(gram_y, "gram_y")
+    indices = torch.as_tensor(indices, device=kx.device, dtype=torch.long)
+    out = []
+    for lo in range(0, len(indices), chunk):
+        idx = indices[lo:lo + chunk]
+        rows, cols = idx[:, :, None], idx[:, None, :]
+        a, b = kx[rows, cols], ky[rows, cols]  # (c, n, n)
+        a = a - a.mean(1, keepdim=True) - a.mean(2, keepdim=True) + a.mean((1, 2), keepdim=True)
+        b = b - b.mean(1, keepdim=True) - b.mean(2, keepdim=True) + b.mean((1, 2), keepdim=True)
+        hsic, nx, ny = (a * b).sum((1, 2)), (a * a).sum((1, 2)).sqrt(), (b * b).sum((1, 2)).sqrt()
+        value = hsic / (nx * ny)
+        out.append(torch.where((nx > 0) & (ny > 0), value, torch.zeros_like(value)))  # constant side: 0 (as cka)
+    return torch.cat(out)
 
 
 # --------------------------------------------------------------------------- dispatcher

@@ -25,7 +25,7 @@ import torch
 import xarray as xr
 
 from .inversion import InversionResult, invert_blocks
-from .invariance import pair_scores
+from .invariance import bootstrap_pair_scores, compression_index, pair_scores
 
 __all__ = ["compare", "convergence_deltas", "scores_dataset", "INVERSION_OPTIONS"]
 
@@ -79,7 +79,8 @@ def compare(model_a, model_b, images, *, blocks: str | Sequence[int] = "all", st
             step_size: float = 0.5, step_schedule: str = "constant", final_step_size: float | None = None,
             seed: int = 0, start: str = "noise", representation: str = "tokens", norm_p: float = 2.0,
             similarity: Mapping[str, Any] | None = None, chunk_size: int | None = None, log_every: int = 0,
-            check_steps: int | None = None, n_images: int | None = None, image_seed: int = 0,
+            check_steps: int | None = None, bootstrap: int = 0, bootstrap_seed: int = 0,
+            n_images: int | None = None, image_seed: int = 0,
             inverted_a: Mapping[int, InversionResult] | None = None,
             inverted_b: Mapping[int, InversionResult] | None = None,
             progress: Callable[[int], None] | None = None) -> xr.Dataset:
@@ -95,6 +96,9 @@ def compare(model_a, model_b, images, *, blocks: str | Sequence[int] = "all", st
             (:func:`~stirflow.inversion.invert_blocks`); ``representation``: ``tokens``, ``cls`` or ``mean``.
         similarity: options of :func:`~stirflow.cka.similarity` (default linear CKA).
         check_steps: also invert with this many steps and report how far learning and forgetting move.
+        bootstrap: resamples of the images (with ``bootstrap_seed``) for ``learning_boot``,
+            ``forgetting_boot`` (resample, layer) and ``compression_boot`` (resample): the measures'
+            spread over the choice of images (linear, biased CKA only).
         inverted_a, inverted_b: inversions already made ({layer: result}), used instead of inverting.
         progress: called with 1 after every inversion step (a progress bar's ``update``).
 
@@ -128,6 +132,20 @@ def compare(model_a, model_b, images, *, blocks: str | Sequence[int] = "all", st
                          {b: r.images for b, r in inv_b.items()}, representation=representation,
                          similarity_options=similarity)
     ds = scores_dataset(scores, blocks, index, inv_a, inv_b)
+    if bootstrap:
+        kind = dict(similarity or {})
+        if kind.get("kind", "linear") != "linear" or kind.get("debiased"):
+            raise ValueError("the image bootstrap is implemented for linear, biased CKA only")
+        boot = bootstrap_pair_scores(model_a, model_b, x, {b: r.images for b, r in inv_a.items()},
+                                     {b: r.images for b, r in inv_b.items()}, representation=representation,
+                                     resamples=bootstrap, seed=bootstrap_seed)
+        ds["learning_boot"] = (("resample", "layer"), boot["learning_boot"],
+                               {"description": "learning on bootstrap resamples of the images"})
+        ds["forgetting_boot"] = (("resample", "layer"), boot["forgetting_boot"],
+                                 {"description": "forgetting on bootstrap resamples of the images"})
+        ds["compression_boot"] = (("resample",), boot["compression_boot"],
+                                  {"description": "compression index on bootstrap resamples of the images"})
+        ds.attrs.update(bootstrap=int(bootstrap), bootstrap_seed=int(bootstrap_seed))
     settings = {"representation": representation, "similarity": repr(dict(similarity or {})), "n_images": len(x)}
     if inverted_a is None or inverted_b is None:  # given inversions carry their own settings
         settings.update({k: options[k] for k in INVERSION_OPTIONS})
@@ -162,6 +180,8 @@ def scores_dataset(scores: Mapping[str, np.ndarray], blocks: list[int], index: n
     pair = ("layer_ref", "layer_eval")
     variables: dict[str, tuple] = {name: (pair, scores[name], text) for name, text in MATRIX_DESCRIPTIONS.items()}
     variables.update({
+        "compression": ((), compression_index(scores["flow"], scores["within_ref"]),
+                        "compression index: mean over i > j of flow - within_ref, minus the same over i < j"),
         "forgetting": (("layer",), scores["forgetting"], "1 - STIR(B_l | A_l): A's invariances that B lacks"),
         "learning": (("layer",), scores["learning"], "1 - STIR(A_l | B_l): B's invariances that A lacks"),
         "image_index": (("image",), np.asarray(index, dtype=np.int64), "indices of the images in their set"),

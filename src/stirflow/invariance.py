@@ -20,10 +20,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .cka import similarity
+from .cka import bootstrap_linear_cka, gram_linear, similarity
 from .inversion import _eval_mode, _module_of, invert
 
-__all__ = ["stir", "block_features", "stir_matrix", "cka_matrix", "pair_scores"]
+__all__ = ["stir", "block_features", "stir_matrix", "cka_matrix", "pair_scores", "compression_index",
+           "bootstrap_pair_scores", "resample_indices"]
 
 
 def stir(fn_ref: Callable[[torch.Tensor], torch.Tensor], fn_eval: Callable[[torch.Tensor], torch.Tensor],
@@ -104,3 +105,55 @@ def pair_scores(model_ref, model_eval, x: torch.Tensor, inverted_ref: Mapping[in
         "within_ref": stir_matrix(model_ref, x, inv_ref, blocks, features_x=fx_ref, **kw),
         "within_eval": stir_matrix(model_eval, x, inv_eval, blocks, features_x=fx_eval, **kw),
     }
+
+
+def compression_index(flow: np.ndarray, within_ref: np.ndarray) -> np.ndarray:
+    """How far finetuning moved the reference's invariances toward shallower layers (DESIGN §2, F2).
+
+    ``mean_{i>j}(F[i, j] − W[i, j]) − mean_{i<j}(F[i, j] − W[i, j])`` with F the invariance flow
+    (STIR(f_j | p_i)) and W the within-model matrix before finetuning (STIR(p_j | p_i)): the
+    gain below the diagonal (p_i's invariances found in a shallower f_j) beyond the gain above it.
+    0 before finetuning; > 0 for compression. ``flow`` and ``within_ref`` are (..., L, L).
+    """
+    gain = np.asarray(flow, float) - np.asarray(within_ref, float)
+    n = gain.shape[-1]
+    if n < 2:
+        return np.full(gain.shape[:-2], np.nan)
+    below, above = np.tril_indices(n, -1), np.triu_indices(n, 1)
+    return gain[..., below[0], below[1]].mean(-1) - gain[..., above[0], above[1]].mean(-1)
+
+
+def resample_indices(n: int, resamples: int, seed: int = 0) -> torch.Tensor:
+    """(resamples, n) indices of bootstrap resamples of n images, from a generator seeded with ``seed``:
+    the same for every checkpoint with the same n, so runs on the same images are resampled alike."""
+    return torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(int(seed)))
+
+
+@torch.no_grad()
+def bootstrap_pair_scores(model_ref, model_eval, x: torch.Tensor, inverted_ref: Mapping[int, torch.Tensor],
+                          inverted_eval: Mapping[int, torch.Tensor], *, representation: str = "tokens",
+                          resamples: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
+    """:func:`pair_scores`' learning, forgetting, flow and within_ref matrix, and the compression
+    index, for bootstrap resamples of the images (linear CKA): the measures' spread over which
+    images were chosen. Returns ``learning_boot``, ``forgetting_boot`` (B, L), ``flow_boot``,
+    ``within_ref_boot`` (B, L, L) and ``compression_boot`` (B,)."""
+    blocks = sorted(inverted_ref)
+    device = x.device
+    idx = resample_indices(len(x), resamples, seed).to(device)
+
+    def grams(model, images):
+        return {b: gram_linear(f) for b, f in block_features(model, images, blocks, representation).items()}
+
+    g_ref, g_eval = grams(model_ref, x), grams(model_eval, x)
+    flow = np.empty((resamples, len(blocks), len(blocks)))
+    within = np.empty_like(flow)
+    learning = np.empty((resamples, len(blocks)))
+    for r, i in enumerate(blocks):
+        g_eval_inv, g_ref_inv = grams(model_eval, inverted_ref[i]), grams(model_ref, inverted_ref[i])
+        for c, j in enumerate(blocks):
+            flow[:, r, c] = bootstrap_linear_cka(g_eval[j], g_eval_inv[j], idx).cpu().numpy()
+            within[:, r, c] = bootstrap_linear_cka(g_ref[j], g_ref_inv[j], idx).cpu().numpy()
+        g_back = gram_linear(block_features(model_ref, inverted_eval[i], [i], representation)[i])
+        learning[:, r] = 1.0 - bootstrap_linear_cka(g_ref[i], g_back, idx).cpu().numpy()
+    return {"learning_boot": learning, "forgetting_boot": 1.0 - np.diagonal(flow, axis1=1, axis2=2),
+            "flow_boot": flow, "within_ref_boot": within, "compression_boot": compression_index(flow, within)}
