@@ -17,6 +17,18 @@ rule aggregate:
             category="Tables",
             labels={"table": "Forgetting spread against robustness; early-stopping indicator"},
         ),
+        overview=report(
+            f"{RES}/report/overview.html",
+            caption="../report/overview.rst",
+            category="0. Findings and convergence",
+            labels={"page": "The paper's findings and the convergence of the inversions"},
+        ),
+        findings=report(
+            f"{RES}/tables/findings.csv",
+            caption="../report/findings.rst",
+            category="Tables",
+            labels={"table": "The paper's findings: statistic, interval, verdict"},
+        ),
         checkpoints=report(
             f"{RES}/tables/checkpoints.csv",
             caption="../report/checkpoints.rst",
@@ -24,7 +36,7 @@ rule aggregate:
             labels={"table": "Robustness of every checkpoint"},
         ),
     params:
-        runs=[run_config(config, r) for r in RUNS],
+        runs=[run_summary(r) for r in RUNS],
         analysis=config["analysis"],
         convergence={k: config["convergence"][k] for k in ("factor", "tolerance")},
         reference_run=config["robustness"]["reference_run"],

@@ -2,8 +2,9 @@
 
 import json
 
-from stirflow.analysis import aggregate, summarise, unconverged, write_tables
+from stirflow.analysis import aggregate, summarise, write_tables
 from stirflow.files import atomic_path
+from stirflow.findings import convergence_lines, findings_dataset, findings_table, summary_html
 from stirflow.workflow import log, run_script
 
 
@@ -12,20 +13,21 @@ def main(sm):
                    convergence_files=sm.input.convergence, convergence=sm.params.convergence,
                    reference_run=sm.params.reference_run)
     ds = summarise(ds, sm.params.analysis)
+    findings = findings_table(ds, bootstrap=sm.params.analysis["bootstrap"], seed=sm.params.analysis["seed"])
+    ds = ds.merge(findings_dataset(findings), combine_attrs="override")
+    with atomic_path(sm.output.findings) as tmp:
+        findings.to_csv(tmp, index=False)
+    with atomic_path(sm.output.overview) as tmp:
+        tmp.write_text(summary_html(ds, findings))
+    log.info("findings:\n%s", findings[["finding", "target", "task", "init", "value", "ci_low", "ci_high",
+                                        "verdict"]].to_string())
     ds.attrs["analysis"] = json.dumps(dict(sm.params.analysis), sort_keys=True)
     ds.attrs["reference_run"] = sm.params.reference_run or ""
     with atomic_path(sm.output.summary) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf")
     write_tables(ds, sm.output.correlations, sm.output.checkpoints)
-    if "converged" in ds:
-        bad = unconverged(ds)
-        tolerance = ds.attrs["convergence_tolerance"]
-        if bad:
-            log.warning("NOT CONVERGED within %g (%d of %d checked):\n  %s", tolerance, len(bad),
-                        int(ds["converged"].notnull().sum()), "\n  ".join(bad))
-        else:
-            log.info("converged: every checked learning and forgetting moves by at most %g (largest %.4f)",
-                     tolerance, ds.attrs["convergence_largest_delta"])
+    for line in convergence_lines(ds):
+        (log.warning if line.startswith("NOT CONVERGED") else log.info)("%s", line)
     log.info("%s", ds)
 
 

@@ -1,0 +1,350 @@
+"""The paper's findings, tested on a summary: a statistic, its 95 % interval and a verdict each.
+
+arXiv 2307.06006 reports three findings (DESIGN §2); :func:`findings_table` states, for the runs
+in a ``summary.nc``, whether each holds. The rules are fixed here, before any result is looked at,
+and the README states them in words (section "How the findings are judged"):
+
+* **F1** — runs finetuned from a pretrained model have lower learning and forgetting in the early
+  blocks than runs from scratch. Statistic: the mean over the first half of the blocks
+  (blocks 1..⌊L/2⌋) of learning (a row) and of forgetting (a row), scratch minus pretrained, at
+  the last scored epoch and (further rows) averaged over the scored epochs ≥ 1. Per target and
+  task, wherever both inits ran with the same other settings.
+* **F2** — finetuning compresses the pretrained model's invariances toward shallower blocks.
+  Statistic: the compression index of the finetuned run at its last scored epoch
+  (:func:`stirflow.invariance.compression_index`: the flow matrix's gain over the within-model
+  matrix before finetuning, below the diagonal minus above it; 0 before finetuning). Per target
+  and task, for pretrained runs (the finding) and from-scratch runs (for comparison).
+* **F3** — the spread of forgetting over blocks correlates with robustness, more strongly over the
+  first epochs. Statistics, per task kind, from the correlation table: the pooled Pearson r over
+  all runs × epochs ≥ 1 with the mean within-run r beside it (absolute robustness: the finding;
+  relative robustness: whether it survives taking clean accuracy out), and r over the first k
+  epochs minus r over all epochs.
+
+Intervals: over seeds (Student's t for a mean, Welch's t for a difference: with 2–5 seeds a
+percentile bootstrap covers the truth far less often than 95 %) where a condition has 2 or more
+seeds; otherwise over images (the same bootstrap resamples of the STIR images for every run,
+``stir.image_bootstrap``), which shows how much the choice of images moves the statistic but not
+how much training does; F3 intervals resample (run, epoch) pairs, and the early-epochs difference
+resamples runs. The ``interval`` column says which.
+
+Verdicts, for a statistic whose predicted sign is positive: **reproduced** when its whole interval
+is above 0; **not reproduced** when its whole interval is below 0; **inconclusive** otherwise (the
+interval contains 0, or there is none). F3 is reproduced only when the pooled interval is above 0
+*and* the mean within-run r is positive; it is not reproduced when the pooled interval is below 0
+or the within-run interval is. **not testable** says the config cannot test the finding (no
+from-scratch run, a single run, no reconstruction run) and why.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .statistics import difference_interval, mean_interval, pearson
+
+__all__ = ["VERDICTS", "COLUMNS", "verdict", "findings_table", "findings_dataset", "format_markdown",
+           "convergence_lines", "summary_html"]
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not testable")
+COLUMNS = ["finding", "claim", "target", "task", "init", "statistic", "value", "ci_low", "ci_high", "n",
+           "interval", "verdict", "note"]
+#: run coordinates that say what a run is, not which setting it varies
+IDENTITY = ("target", "init", "task", "seed", "condition")
+
+
+def verdict(low: float, high: float) -> str:
+    """The verdict for a statistic predicted to be positive, from its 95 % interval."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "inconclusive"
+    if low > 0:
+        return "reproduced"
+    if high < 0:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def _settings_key(ds: xr.Dataset, run) -> tuple:
+    """The varied settings of a run (grid values, overrides), which comparable runs share."""
+    extra = [c for c in ds["run"].coords if c not in ("run", *IDENTITY)]
+    return tuple((c, str(ds[c].sel(run=run).values)) for c in sorted(extra))
+
+
+def _groups(ds: xr.Dataset) -> dict[tuple, dict[str, list[str]]]:
+    """{(target, task, settings): {init: [runs (one per seed)]}}."""
+    groups: dict[tuple, dict[str, list[str]]] = {}
+    for run in ds.run.values:
+        key = (str(ds["target"].sel(run=run).values), str(ds["task"].sel(run=run).values), _settings_key(ds, run))
+        groups.setdefault(key, {}).setdefault(str(ds["init"].sel(run=run).values), []).append(str(run))
+    return groups
+
+
+def _scored(ds: xr.Dataset, run: str) -> list[int]:
+    f = ds["forgetting"].sel(run=run)
+    return [int(e) for e in ds.epoch.values if np.isfinite(f.sel(epoch=e).values).all()]
+
+
+def _early_blocks(ds: xr.Dataset) -> list[int]:
+    layers = [int(b) for b in ds.layer.values]
+    return layers[:max(1, len(layers) // 2)]
+
+
+def _per_run(ds: xr.Dataset, runs: Sequence[str], variable: str, when: str, blocks: Sequence[int] | None):
+    """Per run: the value (mean over ``blocks`` where the variable has layers) at the last scored epoch
+    (``when="last"``) or averaged over scored epochs ≥ 1 (``"mean"``), and the same per image resample
+    (None where the summary has no resamples)."""
+    values, boots = [], []
+    boot_name = f"{variable}_boot"
+    for run in runs:
+        epochs = _scored(ds, run)
+        epochs = [epochs[-1]] if when == "last" else [e for e in epochs if e >= 1]
+        if not epochs:
+            values.append(np.nan)
+            boots.append(None)
+            continue
+        sel = {"run": run, "epoch": epochs}
+        v = ds[variable].sel(sel)
+        b = ds[boot_name].sel(sel) if boot_name in ds else None
+        if blocks is not None:
+            v = v.sel(layer=blocks).mean("layer")
+            b = b.sel(layer=blocks).mean("layer") if b is not None else None
+        values.append(float(v.mean("epoch")))
+        boots.append(b.mean("epoch").values if b is not None else None)
+    return np.array(values), boots
+
+
+def _difference_row(values_s, boots_s, values_p, boots_p) -> tuple:
+    """(value, low, high, n, interval) of mean(scratch) − mean(pretrained): Welch's t interval over
+    seeds where both sides have 2 or more, else the image bootstrap, else none."""
+    n = f"{len(values_s)} + {len(values_p)}"
+    if len(values_s) >= 2 and len(values_p) >= 2:
+        return (*difference_interval(values_s, values_p), n, "seeds")
+    value = float(np.nanmean(values_s) - np.nanmean(values_p))
+    if all(b is not None for b in boots_s + boots_p):
+        diff = np.mean(boots_s, axis=0) - np.mean(boots_p, axis=0)
+        low, high = np.nanpercentile(diff, [2.5, 97.5])
+        return value, float(low), float(high), n, f"images ({diff.size} resamples)"
+    return value, np.nan, np.nan, n, "none"
+
+
+def _mean_row(values, boots, *, bootstrap: int, seed: int) -> tuple:
+    if len(values) >= 2:
+        value, low, high, n = mean_interval(values, bootstrap=bootstrap, seed=seed)
+        return value, low, high, str(n), "seeds"
+    if boots and all(b is not None for b in boots):
+        mean = np.mean(boots, axis=0)
+        low, high = np.nanpercentile(mean, [2.5, 97.5])
+        return float(np.nanmean(values)), float(low), float(high), str(len(values)), f"images ({mean.size} resamples)"
+    return float(np.nanmean(values)) if len(values) else np.nan, np.nan, np.nan, str(len(values)), "none"
+
+
+def _row(finding: str, claim: str, statistic: str, value, low, high, n, interval, *, target="", task="", init="",
+         note="", judged: str | None = None) -> dict[str, Any]:
+    return {"finding": finding, "claim": claim, "target": target, "task": task, "init": init,
+            "statistic": statistic, "value": value, "ci_low": low, "ci_high": high, "n": n, "interval": interval,
+            "verdict": judged or verdict(low, high), "note": note}
+
+
+def _untestable(finding: str, claim: str, why: str, **where) -> dict[str, Any]:
+    return _row(finding, claim, "", np.nan, np.nan, np.nan, "", "none", judged="not testable", note=why, **where)
+
+
+def _settings_note(key: tuple) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in key)
+
+
+F1_CLAIM = "pretrained runs learn and forget less in the early blocks than runs from scratch"
+F2_CLAIM = "finetuning moves the pretrained model's invariances toward shallower blocks"
+F3_CLAIM = "forgetting spread correlates with robustness"
+F3_EARLY_CLAIM = "the correlation is stronger over the first epochs"
+
+
+def _f1_f2(ds: xr.Dataset, *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    blocks = _early_blocks(ds)
+    span = f"blocks {blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else f"block {blocks[0]}"
+    for (target, task, key), inits in _groups(ds).items():
+        where = dict(target=target, task=task)
+        note = _settings_note(key)
+        if {"pretrained", "scratch"} <= set(inits):
+            for measure, when in itertools.product(("learning", "forgetting"), ("last", "mean")):
+                s = _per_run(ds, inits["scratch"], measure, when, blocks)
+                p = _per_run(ds, inits["pretrained"], measure, when, blocks)
+                stat = (f"mean {measure} over {span}, scratch - pretrained, "
+                        + ("last epoch" if when == "last" else "mean over epochs >= 1"))
+                rows.append(_row("F1", F1_CLAIM, stat, *_difference_row(*s, *p),
+                                 note=note, **where))
+        else:
+            rows.append(_untestable("F1", F1_CLAIM, f"needs pretrained and from-scratch runs (has {sorted(inits)})",
+                                    **where))
+        for init, runs in sorted(inits.items()):
+            values, boots = _per_run(ds, runs, "compression", "last", None)
+            stat = "compression index at the last epoch (flow gain below the diagonal minus above)"
+            finding = "F2" if init == "pretrained" else "F2 (scratch, for comparison)"
+            rows.append(_row(finding, F2_CLAIM, stat, *_mean_row(values, boots, bootstrap=bootstrap, seed=seed),
+                             init=init, note=note, **where))
+    if "reconstruction" not in set(map(str, ds["task"].values)):
+        rows.append(_untestable("F2", F2_CLAIM, "no reconstruction run: the paper sees compression mostly there",
+                                task="reconstruction"))
+    return rows
+
+
+def _corr(ds: xr.Dataset, task: str, scope: str, measure: str, estimate: str, key: str) -> float:
+    return float(ds[f"corr_{key}"].sel(task_kind=task, scope=scope, measure=measure, estimate=estimate))
+
+
+def _f3(ds: xr.Dataset, *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
+    from .analysis import _points, _scope_limit
+
+    rows = []
+    if "corr_pearson_r" not in ds:
+        return [_untestable("F3", F3_CLAIM, "no correlation table in the summary")]
+    for task in map(str, ds.task_kind.values):
+        for measure in map(str, ds.measure.values):
+            r = _corr(ds, task, "all", measure, "pooled", "pearson_r")
+            low = _corr(ds, task, "all", measure, "pooled", "pearson_ci_low")
+            high = _corr(ds, task, "all", measure, "pooled", "pearson_ci_high")
+            within = _corr(ds, task, "all", measure, "within_run", "pearson_r")
+            w_low = _corr(ds, task, "all", measure, "within_run", "pearson_ci_low")
+            w_high = _corr(ds, task, "all", measure, "within_run", "pearson_ci_high")
+            partial = _corr(ds, task, "all", measure, "partial", "pearson_r")
+            n = int(_corr(ds, task, "all", measure, "pooled", "n"))
+            runs = int(_corr(ds, task, "all", measure, "within_run", "n"))
+            if not np.isfinite(r):
+                rows.append(_untestable("F3" if measure == "absolute" else "F3 (relative robustness)", F3_CLAIM,
+                                        f"{n} (run, epoch) pairs: too few, or a constant side", task=task))
+                continue
+            if np.isfinite(low) and low > 0 and within > 0:
+                judged = "reproduced"
+            elif (np.isfinite(high) and high < 0) or (np.isfinite(w_high) and w_high < 0):
+                judged = "not reproduced"
+            else:
+                judged = "inconclusive"
+            note = (f"mean within-run r {within:.3f} [{w_low:.3f}, {w_high:.3f}] over {runs} runs; "
+                    f"partial r (given clean score) {partial:.3f}")
+            rows.append(_row("F3" if measure == "absolute" else "F3 (relative robustness)", F3_CLAIM,
+                             f"pooled Pearson r, forgetting spread vs {measure} robustness, epochs >= 1",
+                             r, low, high, str(n), "(run, epoch) pairs", task=task, note=note, judged=judged))
+        for scope in [str(s) for s in ds.scope.values if s != "all"]:
+            points = _points(ds, task, None, "absolute")
+            limit = _scope_limit(scope)
+            value, low, high = _early_difference(ds, points, limit, bootstrap=bootstrap, seed=seed)
+            rows.append(_row("F3 (first epochs)", F3_EARLY_CLAIM,
+                             f"pooled Pearson r over epochs 1-{limit} minus over all epochs (absolute robustness)",
+                             value, low, high, f"{len(points)} runs", "runs" if np.isfinite(low) else "none",
+                             task=task, note="interval needs 3 or more runs" if not np.isfinite(low) else ""))
+    return rows
+
+
+def _early_difference(ds: xr.Dataset, points, limit: int, *, bootstrap: int, seed: int) -> tuple[float, float, float]:
+    """r(epochs 1..limit) − r(all epochs), pooled, with a bootstrap over runs (3 or more runs)."""
+    epochs = [int(e) for e in ds.epoch.values if e >= 1]
+
+    def pooled(selection, up_to):
+        xs, ys = [], []
+        for k in selection:
+            run = points[k][0]
+            sub = ds.sel(run=run, epoch=[e for e in epochs if e <= up_to])
+            x, y = sub["forgetting_spread"].values, sub["robustness_oriented"].values
+            ok = np.isfinite(x) & np.isfinite(y)
+            xs.append(x[ok]), ys.append(y[ok])
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        return float(pearson(x, y)) if x.size >= 3 else np.nan
+
+    k_all = list(range(len(points)))
+    if not k_all:
+        return np.nan, np.nan, np.nan
+    value = pooled(k_all, limit) - pooled(k_all, max(epochs))
+    if len(points) < 3 or not bootstrap:
+        return value, np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    diffs = [pooled(sel, limit) - pooled(sel, max(epochs)) for sel in rng.integers(0, len(points), (bootstrap, len(points)))]
+    diffs = np.asarray(diffs)
+    diffs = diffs[np.isfinite(diffs)]
+    if not diffs.size:
+        return value, np.nan, np.nan
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return value, float(low), float(high)
+
+
+def findings_table(ds: xr.Dataset, *, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per finding and per target/task where it applies (columns :data:`COLUMNS`)."""
+    if ds.sizes.get("run", 0) < 2:
+        rows = [_untestable(f, c, "a single run: nothing to compare")
+                for f, c in (("F1", F1_CLAIM), ("F2", F2_CLAIM), ("F3", F3_CLAIM))]
+    else:
+        rows = _f1_f2(ds, bootstrap=bootstrap, seed=seed) + _f3(ds, bootstrap=bootstrap, seed=seed)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def findings_dataset(table: pd.DataFrame) -> xr.Dataset:
+    """The findings table as Dataset variables ``finding_<column>`` along dim ``finding_row``."""
+    out = xr.Dataset(coords={"finding_row": np.arange(len(table))})
+    for column in COLUMNS:
+        values = table[column].to_numpy()
+        if column not in ("value", "ci_low", "ci_high"):
+            values = values.astype(str)
+        out[f"finding_{column}"] = ("finding_row", values)
+    out.attrs["findings_rules"] = "see stirflow.findings and the README section 'How the findings are judged'"
+    return out
+
+
+def convergence_lines(ds: xr.Dataset) -> list[str]:
+    """Plain-words state of the measurement's convergence: the final inversion losses and the check."""
+    from .analysis import unconverged
+
+    lines = []
+    if "inversion_loss" in ds and np.isfinite(ds["inversion_loss"].values).any():
+        worst = ds["inversion_worst_loss"].where(np.isfinite(ds["inversion_worst_loss"]))
+        at = worst.argmax(...)
+        where = {k: ds[k].values[int(v)] for k, v in at.items()}
+        lines.append(f"Final relative inversion loss: mean over images at most {float(ds['inversion_loss'].max()):.4f}; "
+                     f"the worst single image {float(worst.max()):.4f} ({where['run']}, epoch {int(where['epoch'])}, "
+                     f"block {int(where['layer'])}).")
+    if "converged" not in ds:
+        lines.append("No convergence check was run (convergence.check: false): the numbers are unchecked.")
+        return lines
+    tol, factor = ds.attrs["convergence_tolerance"], ds.attrs["convergence_factor"]
+    checked = int(ds["converged"].notnull().sum())
+    bad = unconverged(ds)
+    if bad:
+        lines.append(f"NOT CONVERGED: {len(bad)} of {checked} checked (run, epoch, block) move by more than {tol} "
+                     f"with {factor}x the steps: " + "; ".join(bad))
+    else:
+        lines.append(f"Converged: all {checked} checked (run, epoch, block) move by at most {tol} with {factor}x the "
+                     f"steps (largest |delta| {ds.attrs['convergence_largest_delta']:.4f}).")
+    return lines
+
+
+def summary_html(ds: xr.Dataset, table: pd.DataFrame) -> str:
+    """The report's first page of results: the findings table with verdicts, and convergence."""
+    shown = table.copy()
+    for column in ("value", "ci_low", "ci_high"):
+        shown[column] = shown[column].map(lambda v: "" if not np.isfinite(v) else f"{v:.4f}")
+    body = ["<h2>The paper's findings</h2>",
+            "<p>Verdicts by the rules fixed before any result was seen (README, 'How the findings are judged'): "
+            "reproduced = the whole 95 % interval on the predicted side of 0; not reproduced = on the other side; "
+            "inconclusive = the interval contains 0 or there is none.</p>",
+            shown.to_html(index=False, na_rep="", border=0),
+            "<h2>Convergence of the inversions</h2>",
+            *[f"<p>{line}</p>" for line in convergence_lines(ds)]]
+    return ("<!doctype html><html><head><meta charset='utf-8'><style>body{font-family:sans-serif;font-size:13px}"
+            "table{border-collapse:collapse}td,th{padding:2px 6px;border-bottom:1px solid #ddd;text-align:left}"
+            "</style></head><body>" + "\n".join(body) + "</body></html>")
+
+
+def format_markdown(table: pd.DataFrame) -> str:
+    """The findings table as a Markdown table (for the README and the report)."""
+    lines = ["| finding | target / task | statistic | value | 95 % interval | n | interval over | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in table.itertuples():
+        where = "/".join(v for v in (row.target, row.task, row.init) if v)
+        value = "" if not np.isfinite(row.value) else f"{row.value:.3f}"
+        interval = "" if not np.isfinite(row.ci_low) else f"[{row.ci_low:.3f}, {row.ci_high:.3f}]"
+        statistic = row.statistic or row.note
+        lines.append(f"| {row.finding} | {where} | {statistic} | {value} | {interval} | {row.n} | {row.interval} "
+                     f"| **{row.verdict}** |")
+    return "\n".join(lines)
