@@ -32,4 +32,5 @@ FIGURES: dict[str, tuple[str, str]] = {
     "within_model": ("1. Invariances", "Within-model STIR, before and after finetuning"),
     "training_curves": ("3. Training", "Training curves"),
     "robustness_per_corruption": ("2. Robustness", "Robustness per corruption and severity"),
+    "inversion_convergence": ("4. Convergence", "Inversion losses and the convergence check"),
 }

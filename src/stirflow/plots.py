@@ -191,44 +191,58 @@ def matrix_figure(matrices: Sequence[np.ndarray], blocks: Sequence[int], *, titl
 
 # --------------------------------------------------------------------------- figures
 
+def seed_interval(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over replicates (axis 0) and its 95 % interval over them (Student's t,
+    :func:`stirflow.statistics.mean_interval`), per column: (mean, low, high); NaN with one replicate."""
+    from .statistics import mean_interval
+
+    values = np.asarray(values, float)
+    out = np.array([mean_interval(values[:, k], bootstrap=1000, seed=seed)[:3] for k in range(values.shape[1])])
+    return out[:, 0], out[:, 1], out[:, 2]
+
+
 @_styled
 def learning_forgetting(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure:
-    """Learning (top) and forgetting (bottom) against block, a column per target (and task), pretrained
-    against from scratch: the line is the last scored epoch, the band the range over epochs ≥ 1 (and
-    over runs, where several runs share target, task and initialisation)."""
+    """Learning (top) and forgetting (bottom) against block at the last scored epoch, a column per
+    target (and task), pretrained against from scratch. With replicates (seeds) the line is their mean
+    and the band its 95 % interval over seeds (Student's t); with one seed the band is the range over the
+    scored epochs ≥ 1. Conditions that vary a setting (a grid) are told apart by line style."""
     groups = _groups(ds)
     n = len(groups)
     fig, axes = plt.subplots(2, n, figsize=(min(TEXT_WIDTH, max(3.4, 2.3 * n + 0.6)), 3.9), squeeze=False,
                              sharex=True, sharey="row", layout="constrained")
     layers = ds.layer.values
-    top = {}
+    conditions = list(dict.fromkeys(map(str, ds["condition"].values))) if "condition" in ds.coords else None
+    replicated = False
     for row, measure in enumerate(("learning", "forgetting")):
-        top[measure] = 0.0
+        top = 0.0
         for col, (target, task) in enumerate(groups):
             ax = axes[row, col]
             runs = _runs_of(ds, target, task)
-            for init in dict.fromkeys(_run_attr(ds, r, "init") for r in runs):
-                members = [r for r in runs if _run_attr(ds, r, "init") == init]
+            keys = list(dict.fromkeys(_run_attr(ds, r, "condition") if conditions else r for r in runs))
+            for k, key in enumerate(keys):
+                members = [r for r in runs if (_run_attr(ds, r, "condition") if conditions else r) == key]
+                init = _run_attr(ds, members[0], "init")
                 color = INIT_COLOR.get(init, OTHER_COLOR)
-                lasts, spans = [], []
-                for r in members:
-                    last = _last_scored(ds, r)
-                    if last is None:
-                        continue
-                    lasts.append(ds[measure].sel(run=r, epoch=last).values)
-                    later = [e for e in _scored_epochs(ds, r) if e >= 1]
-                    if later:
-                        spans.append(ds[measure].sel(run=r, epoch=later).values)
+                ls = LINESTYLES[sum(1 for q in keys[:k] if _run_attr(ds, _members(ds, runs, q)[0], "init") == init)
+                                % len(LINESTYLES)]
+                lasts = [ds[measure].sel(run=r, epoch=_last_scored(ds, r)).values for r in members
+                         if _last_scored(ds, r) is not None]
                 if not lasts:
                     continue
-                line = np.nanmean(lasts, axis=0)
-                ax.plot(layers, line, "-", marker="o", color=color)
-                if spans:
-                    span = np.concatenate(spans, axis=0)
+                if len(lasts) > 1:
+                    replicated = True
+                    line, lo, hi = seed_interval(np.stack(lasts))
+                else:
+                    line = lasts[0]
+                    later = [e for e in _scored_epochs(ds, members[0]) if e >= 1]
+                    span = ds[measure].sel(run=members[0], epoch=later).values if later else line[None]
                     lo, hi = np.nanmin(span, axis=0), np.nanmax(span, axis=0)
+                ax.plot(layers, line, ls=ls, marker="o", color=color, label=key)
+                if np.isfinite(lo).any():
                     ax.fill_between(layers, lo, hi, color=color, alpha=0.2, lw=0)
-                    top[measure] = max(top[measure], float(np.nanmax(hi)))
-                top[measure] = max(top[measure], float(np.nanmax(line)))
+                    top = max(top, float(np.nanmax(hi)))
+                top = max(top, float(np.nanmax(line)))
             if row == 0:
                 ax.set_title(_group_title(target, task), fontsize=7 if n > 3 else 8)
             if row == 1:
@@ -236,14 +250,73 @@ def learning_forgetting(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figur
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(len(layers), 12 if n <= 2 else 6)))
             ax.grid(alpha=0.25, lw=0.5)
         axes[row, 0].set_ylabel(f"{measure.capitalize()}\n{FORMULA[measure]}")
-        axes[row, 0].set_ylim(0, min(1.0, max(0.05, 1.1 * top[measure])))
+        axes[row, 0].set_ylim(0, min(1.0, max(0.05, 1.1 * top)))
     epochs = [e for e in _scored_epochs(ds) if e >= 1]
     band = Patch(color="0.5", alpha=0.3, lw=0,
-                 label=f"range over epochs {epochs[0]}–{epochs[-1]}" if epochs else "range over epochs")
+                 label="95% interval over seeds" if replicated else
+                 (f"range over epochs {epochs[0]}–{epochs[-1]}" if epochs else "range over epochs"))
     last = _last_scored(ds)
     handles = [Line2D([], [], color=h.get_color(), marker="o", label=f"{h.get_label()}, epoch {last}")
                for h in _init_handles(ds)] + [band]
     _legend(fig, handles)
+    return fig
+
+
+def _members(ds: xr.Dataset, runs: Sequence[str], condition: str) -> list[str]:
+    return [r for r in runs if _run_attr(ds, r, "condition") == condition]
+
+
+@_styled
+def inversion_convergence(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure:
+    """How converged the measurement is. Left: the inversions' mean best relative loss against the
+    step, a line per block (darker = deeper), at epoch 0 (dashed) and the last scored epoch (solid),
+    a row per run. Right: for the checked epochs, how far learning and forgetting move with
+    ``factor`` × the steps (|Δ|), against the tolerance (dotted line)."""
+    runs = [str(r) for r in ds.run.values]
+    has_check = "convergence_delta_learning" in ds
+    fig, axes = plt.subplots(len(runs), 2 if has_check else 1, squeeze=False, layout="constrained",
+                             figsize=(TEXT_WIDTH * (0.85 if has_check else 0.5), 1.5 * len(runs) + 0.6))
+    cmap = plt.get_cmap("viridis")
+    layers = [int(b) for b in ds.layer.values]
+    steps = ds["step"].values if "step" in ds.coords else np.array([])
+    for k, run in enumerate(runs):
+        ax = axes[k, 0]
+        last = _last_scored(ds, run)
+        for b, layer in enumerate(layers):
+            color = cmap(0.85 * b / max(1, len(layers) - 1))
+            for epoch, ls in ((0, "--"), (last, "-")):
+                if epoch is None or not steps.size:
+                    continue
+                curve = ds["inversion_curve"].sel(run=run, epoch=epoch, layer=layer).values
+                ax.plot(steps, curve, ls=ls, color=color, lw=1, label=f"block {layer}" if ls == "-" else None)
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{run}\nrelative loss")
+        ax.grid(alpha=0.25, lw=0.5)
+        if k == len(runs) - 1:
+            ax.set_xlabel("inversion step")
+        if k == 0:
+            ax.set_title("mean best loss (dashed: epoch 0, solid: last epoch)", fontsize=7)
+            ax.legend(fontsize=6, ncol=2)
+        if has_check:
+            ax = axes[k, 1]
+            width = 0.38
+            checked = [int(e) for e in ds.epoch.values
+                       if np.isfinite(ds["convergence_delta_learning"].sel(run=run, epoch=e).values).any()]
+            for e in checked:
+                for offset, name, color in ((-width / 2, "learning", "#009E73"), (width / 2, "forgetting", "#CC79A7")):
+                    delta = ds[f"convergence_delta_{name}"].sel(run=run, epoch=e).values
+                    ax.bar(np.arange(len(layers)) + offset, delta, width, color=color,
+                           label=f"|Δ {name}|" if (k == 0 and e == checked[0]) else None)
+            tol = ds.attrs.get("convergence_tolerance", np.nan)
+            ax.axhline(tol, color="black", ls=":", lw=1, label="tolerance" if k == 0 else None)
+            ax.set_xticks(range(len(layers)), [str(b) for b in layers])
+            ax.grid(alpha=0.25, lw=0.5, axis="y")
+            ax.set_ylabel(f"epochs {', '.join(map(str, checked))}" if checked else "not checked")
+            if k == 0:
+                ax.set_title(f"convergence check: {ds.attrs.get('convergence_factor', '?')}x the steps", fontsize=7)
+                ax.legend(fontsize=6)
+            if k == len(runs) - 1:
+                ax.set_xlabel("block")
     return fig
 
 
@@ -285,18 +358,20 @@ def _fit_line(ax, x: np.ndarray, y: np.ndarray) -> None:
         ax.plot(grid, slope * grid + icpt, "-", color="black", lw=1, zorder=1)
 
 
-def _corr_text(ds: xr.Dataset, task: str, scope: str, x: np.ndarray, y: np.ndarray) -> str:
-    def get(key):
+def _corr_text(ds: xr.Dataset, task: str, scope: str, measure: str, x: np.ndarray, y: np.ndarray) -> str:
+    """The correlation table's pooled r and ρ (interval, p), mean within-run r and partial r, or r and ρ
+    computed here for a Dataset without the table."""
+    def get(key, estimate="pooled"):
         name = f"corr_{key}"
-        if name in ds and "task_kind" in ds[name].dims and task in ds.task_kind.values and scope in ds.scope.values:
-            return float(ds[name].sel(task_kind=task, scope=scope))
+        if name in ds and "measure" in ds[name].dims and task in ds.task_kind.values and scope in ds.scope.values:
+            return float(ds[name].sel(task_kind=task, scope=scope, measure=measure, estimate=estimate))
         return np.nan
 
     if not np.isfinite(get("pearson_r")) and len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-        from scipy.stats import rankdata  # a Dataset without the correlation table: r and ρ alone
+        from .statistics import pearson, spearman  # a Dataset without the correlation table: r and ρ alone
 
-        c = {"pearson_r": np.corrcoef(x, y)[0, 1], "spearman_r": np.corrcoef(rankdata(x), rankdata(y))[0, 1]}
-        get = lambda key: c.get(key, np.nan)  # noqa: E731
+        c = {"pearson_r": float(pearson(x, y)), "spearman_r": float(spearman(x, y))}
+        get = lambda key, estimate="pooled": c.get(key, np.nan) if estimate == "pooled" else np.nan  # noqa: E731
     lines = []
     for name, symbol in (("pearson", "Pearson r"), ("spearman", "Spearman ρ")):
         r, lo, hi, p = (get(f"{name}_{k}") for k in ("r", "ci_low", "ci_high", "p"))
@@ -309,22 +384,39 @@ def _corr_text(ds: xr.Dataset, task: str, scope: str, x: np.ndarray, y: np.ndarr
         if np.isfinite(p):
             text += f", p = {p:.2g}"
         lines.append(text)
+    within, partial = get("pearson_r", "within_run"), get("pearson_r", "partial")
+    if np.isfinite(within) or np.isfinite(partial):
+        lines.append(f"within run r̄ = {within:.2f}, partial r = {partial:.2f}")
     return "\n".join(lines)
+
+
+#: y axis of spread_vs_robustness per measure: summary.nc variable and label
+ROBUSTNESS_AXES = {
+    "absolute": ("robustness_oriented", {"classification": "mean corrupted accuracy",
+                                         "reconstruction": "− mean corrupted L1 error"}),
+    "relative": ("robustness_relative", {"classification": "corrupted / clean accuracy",
+                                         "reconstruction": "clean / corrupted L1 error"}),
+}
 
 
 @_styled
 def spread_vs_robustness(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure:
-    """Forgetting spread against robustness, every run × scored epoch ≥ 1, a row per task kind and a
-    column per scope (all epochs, then the first k), with a least-squares line, r and ρ (bootstrap 95%
-    interval, permutation p). Robustness is oriented so that up is more robust for every task."""
+    """Forgetting spread against robustness, every run × scored epoch ≥ 1: a row per task kind and
+    robustness measure (absolute, and relative to the clean score), a column per scope (all epochs,
+    then the first k), with a least-squares line, the pooled r and ρ (bootstrap 95 % interval,
+    permutation p), the mean within-run r and the partial r given the clean score. Robustness is
+    oriented so that up is more robust for every task."""
     scopes = [str(s) for s in ds.scope.values] if "scope" in ds.coords else ["all"]
     tasks = list(dict.fromkeys(map(str, ds["task"].values)))
+    measures = [m for m, (variable, _) in ROBUSTNESS_AXES.items() if variable in ds or m == "absolute"]
+    rows = [(t, m) for t in tasks for m in measures]
     styles = _run_styles(ds)
-    oriented = _oriented(ds)
-    fig, axes = plt.subplots(len(tasks), len(scopes), figsize=(min(TEXT_WIDTH, 2.35 * len(scopes) + 0.5),
-                                                               2.5 * len(tasks) + 0.5),
+    fig, axes = plt.subplots(len(rows), len(scopes), figsize=(min(TEXT_WIDTH, 2.35 * len(scopes) + 0.5),
+                                                              2.5 * len(rows) + 0.5),
                              squeeze=False, layout="constrained")
-    for row, task in enumerate(tasks):
+    for row, (task, measure) in enumerate(rows):
+        variable, labels = ROBUSTNESS_AXES[measure]
+        values = _oriented(ds) if measure == "absolute" else ds[variable]
         for col, scope in enumerate(scopes):
             ax = axes[row, col]
             limit = None if scope == "all" else int(scope.rsplit("_", 1)[1])
@@ -334,7 +426,7 @@ def spread_vs_robustness(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figu
                 if _run_attr(ds, run, "task") != task:
                     continue
                 x = ds["forgetting_spread"].sel(run=run, epoch=epochs).values
-                y = oriented.sel(run=run, epoch=epochs).values
+                y = values.sel(run=run, epoch=epochs).values
                 ok = np.isfinite(x) & np.isfinite(y)
                 st = styles[str(run)]
                 ax.plot(x[ok], y[ok], ls=st["ls"], lw=0.6, color=st["color"], alpha=0.5, zorder=2)
@@ -346,14 +438,13 @@ def spread_vs_robustness(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figu
             _fit_line(ax, xs, ys)
             span = f"epochs {epochs[0]}–{epochs[-1]}" if epochs else "no epochs"
             head = f"{span} ({'all' if limit is None else f'first {limit}'}), n = {len(xs)}"
-            ax.set_title(head + "\n" + _corr_text(ds, task, scope, xs, ys), fontsize=6.5, loc="left")
+            ax.set_title(head + "\n" + _corr_text(ds, task, scope, measure, xs, ys), fontsize=6.5, loc="left")
             ax.grid(alpha=0.25, lw=0.5)
             ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
-            if row == len(tasks) - 1:
+            if row == len(rows) - 1:
                 ax.set_xlabel("forgetting spread\n(std over blocks of Forgetting)")
-        axes[row, 0].set_ylabel("robustness\n" + ("mean corrupted accuracy" if _is_cls(task)
-                                                  else "− mean corrupted L1 error") + ("" if len(tasks) == 1
-                                                                                        else f"\n[{task}]"))
+        axes[row, 0].set_ylabel(f"{measure} robustness\n{labels.get(task, task)}"
+                                + ("" if len(tasks) == 1 else f"\n[{task}]"))
     targets = list(dict.fromkeys(map(str, ds["target"].values)))
     handles = _init_handles(ds)
     if len(targets) > 1:
