@@ -8,7 +8,7 @@ from stirflow.workflow import log, run_script
 
 def main(sm):
     ds = aggregate(sm.params.runs, sm.input.stir, sm.input.robustness, sm.input.histories,
-                   reference_run=sm.params.reference_run)
+                   reference_run=sm.params.reference_run, adversarial_files=sm.input.adversarial)
     ds = summarise(ds, sm.params.analysis)
     ds.attrs["analysis"] = json.dumps(dict(sm.params.analysis), sort_keys=True)
     ds.attrs["reference_run"] = sm.params.reference_run or ""

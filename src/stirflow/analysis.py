@@ -72,7 +72,8 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robustness_files: Sequence[str],
-              history_files: Sequence[str], *, reference_run: str | None = None) -> xr.Dataset:
+              history_files: Sequence[str], *, reference_run: str | None = None,
+              adversarial_files: Sequence[str] = ()) -> xr.Dataset:
     """Gather the per-job HDF5 files into one Dataset (see the module docstring)."""
     from .robustness import load_robustness
     from .invariance import load_scores
@@ -148,6 +149,10 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     for k, v in history.items():
         if not np.isnan(v).all():
             ds[k] = (("run", "epoch"), v)
+    if adversarial_files:
+        from .adversarial import adversarial_dataarray
+
+        ds["adversarial_accuracy"] = adversarial_dataarray(adversarial_files, names, epochs)
     if reference_run is not None:
         ds["relative_corruption_error"] = relative_error(ds, reference_run, per_corruption=True)
         ds["relative_error"] = relative_error(ds, reference_run)
