@@ -28,6 +28,9 @@ __all__ = [
     "model_depth",
     "model_spec",
     "training_settings",
+    "convergence_sample",
+    "convergence_blocks",
+    "convergence_steps",
 ]
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
@@ -187,11 +190,34 @@ def _check_references(config: dict[str, Any]) -> None:
     bad = [c for c in config["robustness"]["corruptions"] if c not in CORRUPTIONS]
     if bad:
         problems.append(f"robustness.corruptions: unknown {bad} (known: {', '.join(CORRUPTIONS)})")
+    problems += _check_convergence(config, names, depth)
     ref = config["robustness"]["reference_run"]
     if ref is not None and ref not in names:
         problems.append(f"robustness.reference_run: no run named {ref!r} (runs: {', '.join(names)})")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _check_convergence(config: Mapping[str, Any], names: list[str], depth: int | None) -> list[str]:
+    conv = config["convergence"]
+    if not conv["check"]:
+        return []
+    problems = []
+    if conv["runs"] != "all":
+        unknown = [r for r in conv["runs"] if r not in names]
+        if unknown:
+            problems.append(f"convergence.runs: no runs named {unknown} (runs: {', '.join(names)})")
+    if conv["epochs"] != "last":
+        scored = stir_epochs(config)
+        bad = [e for e in conv["epochs"] if e not in scored]
+        if bad:
+            problems.append(f"convergence.epochs: {bad} are not scored with STIR (stir.epochs gives {scored})")
+    if conv["blocks"] != "all" and depth is not None:
+        chosen = stir_blocks(config)
+        bad = [b for b in conv["blocks"] if b not in chosen]
+        if bad:
+            problems.append(f"convergence.blocks: {bad} are not among the STIR blocks {chosen}")
+    return problems
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -264,6 +290,25 @@ def stir_epochs(config: Mapping[str, Any]) -> list[int]:
     else:
         chosen = set(range(min(sel["first"], last + 1))) | set(range(0, last + 1, sel["every"]))
     return sorted(chosen | {0, last})
+
+
+def convergence_sample(config: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The (run, epoch) pairs the convergence check scores again (none when it is off)."""
+    conv = config["convergence"]
+    if not conv["check"]:
+        return []
+    runs = run_names(config) if conv["runs"] == "all" else list(conv["runs"])
+    epochs = [int(config["finetune"]["epochs"])] if conv["epochs"] == "last" else sorted(conv["epochs"])
+    return [(r, e) for r in runs for e in epochs]
+
+
+def convergence_blocks(config: Mapping[str, Any]) -> list[int]:
+    blocks = config["convergence"]["blocks"]
+    return stir_blocks(config) if blocks == "all" else sorted(blocks)
+
+
+def convergence_steps(config: Mapping[str, Any]) -> int:
+    return int(config["stir"]["steps"]) * int(config["convergence"]["factor"])
 
 
 def model_spec(config: Mapping[str, Any], task: str, num_classes: int) -> dict[str, Any]:
