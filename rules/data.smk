@@ -54,6 +54,7 @@ rule corrupt_dataset:
         f"{RES}/corrupted/{{dataset}}.h5",
     params:
         robustness={k: config["robustness"][k] for k in ("corruptions", "severities", "n_images", "seed")},
+        device=config["compute"]["device"],
         code=code("corrupt_dataset"),
     log:
         f"{RES}/logs/corrupt_dataset/{{dataset}}.log",

@@ -9,6 +9,7 @@ rule aggregate:
         convergence=[f"{RES}/runs/{r}/convergence/epoch_{e:03d}.nc" for r, e in CHECK_SAMPLE],
         robustness=[f"{RES}/runs/{r}/robustness/epoch_{e:03d}.h5" for r in RUNS for e in EPOCHS],
         histories=[f"{RES}/runs/{r}/history.json" for r in RUNS],
+        adversarial=[f"{RES}/runs/{r}/adversarial.h5" for r in ADVERSARIAL_RUNS],
     output:
         summary=f"{RES}/summary.nc",
         correlations=report(

@@ -1,24 +1,67 @@
 # Robustness: every checkpoint on the clean and the corrupted test images of its target.
+# One job scores a group of a run's checkpoints (robustness.checkpoints_per_job; 0: all of them),
+# loading the corrupted set once: a short evaluation costs less than starting a process for it.
+# A group's outputs are its checkpoints' files, so a rule is made per group of epochs: `robustness`
+# when a run's checkpoints form one group, else `robustness_<first>_<last>`.
+
+_per_job = config["robustness"]["checkpoints_per_job"] or len(EPOCHS)
+ROBUSTNESS_GROUPS = [EPOCHS[i : i + _per_job] for i in range(0, len(EPOCHS), _per_job)]
 
 
-rule robustness:
+for _epochs in ROBUSTNESS_GROUPS:
+
+    rule:
+        name:
+            "robustness" if len(ROBUSTNESS_GROUPS) == 1 else f"robustness_{_epochs[0]:03d}_{_epochs[-1]:03d}"
+        input:
+            checkpoints=lambda w, epochs=_epochs: [checkpoint_path(w.run, e) for e in epochs],
+            corrupted=lambda w: f"{RES}/corrupted/{run_target(w.run)}.h5",
+        output:
+            [f"{RES}/runs/{{run}}/robustness/epoch_{e:03d}.h5" for e in _epochs],
+        params:
+            epochs=_epochs,
+            device=config["compute"]["device"],
+            code=code("robustness"),
+        log:
+            f"{RES}/logs/robustness/{{run}}/epochs_{_epochs[0]:03d}-{_epochs[-1]:03d}.log",
+        benchmark:
+            f"{RES}/benchmarks/robustness/{{run}}/epochs_{_epochs[0]:03d}-{_epochs[-1]:03d}.tsv"
+        threads: config["compute"]["threads"]
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        conda:
+            "../envs/stirflow.yaml"
+        script:
+            "../scripts/robustness.py"
+
+
+# Adversarial robustness: PGD accuracy of every checkpoint of a classification run, one job per run.
+ADVERSARIAL_RUNS = (
+    [r for r in RUNS if run_config(config, r)["task"] == "classification"] if config["adversarial"]["enabled"] else []
+)
+
+
+rule adversarial:
     input:
-        checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
-        corrupted=lambda w: f"{RES}/corrupted/{run_target(w.run)}.h5",
+        checkpoints=lambda w: [checkpoint_path(w.run, e) for e in EPOCHS],
+        images=lambda w: dataset_files(run_target(w.run), "test"),
     output:
-        f"{RES}/runs/{{run}}/robustness/epoch_{{epoch}}.h5",
+        f"{RES}/runs/{{run}}/adversarial.h5",
     params:
+        adversarial={k: v for k, v in config["adversarial"].items() if k != "enabled"},
+        epochs=EPOCHS,
         device=config["compute"]["device"],
-        code=code("robustness"),
+        code=code("adversarial"),
     log:
-        f"{RES}/logs/robustness/{{run}}/epoch_{{epoch}}.log",
+        f"{RES}/logs/adversarial/{{run}}.log",
     benchmark:
-        f"{RES}/benchmarks/robustness/{{run}}/epoch_{{epoch}}.tsv"
+        f"{RES}/benchmarks/adversarial/{{run}}.tsv"
     threads: config["compute"]["threads"]
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=120,
     conda:
         "../envs/stirflow.yaml"
     script:
-        "../scripts/robustness.py"
+        "../scripts/adversarial.py"

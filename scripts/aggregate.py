@@ -11,7 +11,7 @@ from stirflow.workflow import log, run_script
 def main(sm):
     ds = aggregate(sm.params.runs, sm.input.stir, sm.input.robustness, sm.input.histories,
                    convergence_files=sm.input.convergence, convergence=sm.params.convergence,
-                   reference_run=sm.params.reference_run)
+                   reference_run=sm.params.reference_run, adversarial_files=sm.input.adversarial)
     ds = summarise(ds, sm.params.analysis)
     findings = findings_table(ds, bootstrap=sm.params.analysis["bootstrap"], seed=sm.params.analysis["seed"])
     ds = ds.merge(findings_dataset(findings), combine_attrs="override")

@@ -65,6 +65,22 @@ def jobs_by_rule(dry_run_output: str) -> dict[str, int]:
     return counts
 
 
+def robustness_jobs(config: dict) -> dict[str, int]:
+    """Jobs per rule of the robustness stage: a job per group of a run's checkpoints
+    (``robustness.checkpoints_per_job``, a rule per group), an adversarial job per classification run."""
+    from stirflow.config import run_config, run_names
+
+    runs = run_names(config)
+    epochs = config["finetune"]["epochs"] + 1
+    per_job = config["robustness"]["checkpoints_per_job"] or epochs
+    groups = [(first, min(first + per_job, epochs) - 1) for first in range(0, epochs, per_job)]
+    names = ["robustness"] if len(groups) == 1 else [f"robustness_{a:03d}_{b:03d}" for a, b in groups]
+    jobs = {name: len(runs) for name in names}
+    if config["adversarial"]["enabled"]:
+        jobs["adversarial"] = sum(run_config(config, r)["task"] == "classification" for r in runs)
+    return jobs
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tests of tiny tensors run torch on one thread: a second intra-op thread gains nothing, and on a

@@ -17,7 +17,7 @@ import pytest
 from stirflow.config import load_config, model_depth, run_config, run_names, stir_blocks, stir_epochs
 from stirflow.corruptions import COMMON_CORRUPTIONS
 
-from conftest import REPO, SNAKEMAKE, jobs_by_rule
+from conftest import REPO, SNAKEMAKE, jobs_by_rule, robustness_jobs
 
 PAPER = REPO / "configs" / "paper.yaml"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # a download attempt would fail, not hang
@@ -45,7 +45,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "finetune": len(runs),
         "invert": len(runs) * n_stir * math.ceil(len(blocks) / per_job),
         "stir_scores": len(runs) * n_stir,
-        "robustness": len(runs) * (config["finetune"]["epochs"] + 1),
+        **robustness_jobs(config),
         "aggregate": 1,
         "figures": 1,
         "all": 1,
@@ -123,6 +123,7 @@ def test_paper_dag_within_30_seconds(tmp_path, config):
     jobs = jobs_by_rule(proc.stdout)
     assert jobs == expected_jobs(config)
     assert "pretrain" not in jobs  # the timm weights replace the pretraining stage
+    assert jobs["robustness"] == 10 and jobs["adversarial"] == 8  # a job per run (classification runs)
     _check_time(wall, cpu)
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
 

@@ -9,7 +9,7 @@ import xarray as xr
 from stirflow.config import load_config, run_names, stir_blocks, stir_epochs
 from stirflow.plots import FIGURES
 
-from conftest import REPO, SMOKE_CONFIG, jobs_by_rule, snakemake
+from conftest import REPO, SMOKE_CONFIG, jobs_by_rule, robustness_jobs, snakemake
 
 
 def expected_jobs(config: dict) -> dict[str, int]:
@@ -30,7 +30,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "finetune": len(runs),
         "invert": len(runs) * n_stir_epochs * n_groups,
         "stir_scores": len(runs) * n_stir_epochs,
-        "robustness": len(runs) * n_epochs,
+        **robustness_jobs(config),
         "aggregate": 1,
         "figures": 1,
         "all": 1,

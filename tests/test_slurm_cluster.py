@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 PIPELINE_RULES = [
     "prepare_dataset", "prepare_corruption_set", "corrupt_dataset", "pretrain",
-    "finetune", "invert", "stir_scores", "robustness", "aggregate", "figures",
+    "finetune", "invert", "stir_scores", "robustness", "adversarial", "aggregate", "figures",
 ]
-GPU_RULES = {"pretrain", "finetune", "invert", "stir_scores", "robustness"}
+GPU_RULES = {"pretrain", "finetune", "invert", "stir_scores", "robustness", "adversarial"}
 
 # Writes "<hostname> <SLURM_JOB_ID or nothing>" (Snakemake shell braces doubled).
 STAMP = 'echo "$(hostname) ${{SLURM_JOB_ID:-}}"'

@@ -86,7 +86,8 @@ def read_scores(path: str | Path) -> xr.Dataset:
 
 def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robustness_files: Sequence[str],
               history_files: Sequence[str], *, convergence_files: Sequence[str] = (),
-              convergence: Mapping[str, Any] | None = None, reference_run: str | None = None) -> xr.Dataset:
+              convergence: Mapping[str, Any] | None = None, reference_run: str | None = None,
+              adversarial_files: Sequence[str] = ()) -> xr.Dataset:
     """Gather the per-job files into one Dataset (see the module docstring).
 
     ``convergence_files`` are the convergence check's scores (``convergence``: its ``factor`` and
@@ -210,6 +211,10 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
         checked = convergence_summary(ds, [read_scores(p) for p in convergence_files], **dict(convergence or {}))
         ds = ds.merge(checked)
         ds.attrs.update(checked.attrs)
+    if adversarial_files:
+        from .adversarial import adversarial_dataarray
+
+        ds["adversarial_accuracy"] = adversarial_dataarray(adversarial_files, names, epochs)
     if reference_run is not None:
         ds["relative_corruption_error"] = relative_error(ds, reference_run, per_corruption=True)
         ds["relative_error"] = relative_error(ds, reference_run)

@@ -19,7 +19,7 @@ import torch
 from .data import DataFileError, ImageSet, read_image_h5, select_indices, to_tensor
 from .files import atomic_path
 
-__all__ = ["make_corrupted_set", "save_corrupted_set", "load_corrupted_set", "CorruptedSet", "evaluate_robustness",
+__all__ = ["make_corrupted_set", "to_stored_uint8", "save_corrupted_set", "load_corrupted_set", "CorruptedSet", "evaluate_robustness",
            "save_robustness", "load_robustness"]
 
 
@@ -32,9 +32,13 @@ class CorruptedSet:
         self.corruptions, self.severities, self.attrs = list(corruptions), list(severities), dict(attrs)
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [0, 1] → (N, H, W, C) uint8, rounded like an image file would be."""
-    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def to_stored_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] → (N, H, W, C) uint8, truncated as CIFAR-10-C stores its images.
+
+    The generator saves ``np.uint8(output)`` of outputs in 0..255: the fractional part is dropped,
+    not rounded (rounding would make every image about half a grey level brighter than CIFAR-10-C's).
+    """
+    return torch.floor(images.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def make_corrupted_set(test: ImageSet, corruptions: Sequence[str], severities: Sequence[int], n_images: int,
@@ -63,7 +67,7 @@ def make_corrupted_set(test: ImageSet, corruptions: Sequence[str], severities: S
                     raise DataFileError(f"{files[key]}: its images do not line up with the test set")
                 out[k, s] = src.images[index]
             else:
-                out[k, s] = _to_uint8(corrupt(x, name, severity, seed=seed))
+                out[k, s] = to_stored_uint8(corrupt(x, name, severity, seed=seed))
             if log:
                 log.info("corrupted %s severity %d", name, severity)
     return CorruptedSet(clean, out, test.labels[index], corruptions, severities,

@@ -1,0 +1,69 @@
+"""Robustness in few jobs, and adversarial accuracy in summary.nc, on real Snakemake runs of configs/smoke.yaml."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from stirflow.config import load_config, run_config, run_names
+
+from conftest import SMOKE_CONFIG, jobs_by_rule, snakemake, write_config
+
+
+def summary(workdir) -> xr.Dataset:
+    with xr.open_dataset(workdir / "results" / "summary.nc", engine="h5netcdf") as ds:
+        return ds.load()
+
+
+@pytest.mark.slow
+def test_one_robustness_job_per_run_scores_every_checkpoint(smoke_run):
+    config = load_config(SMOKE_CONFIG)
+    runs = run_names(config)
+    epochs = config["finetune"]["epochs"] + 1
+    for run in runs:
+        logs = sorted((smoke_run / "results" / "logs" / "robustness" / run).iterdir())
+        assert [p.name for p in logs] == [f"epochs_000-{epochs - 1:03d}.log"]
+        text = logs[0].read_text()
+        assert all(f"epoch {e}:" in text for e in range(epochs))
+        files = sorted(p.name for p in (smoke_run / "results" / "runs" / run / "robustness").iterdir())
+        assert files == [f"epoch_{e:03d}.h5" for e in range(epochs)]
+
+
+@pytest.mark.slow
+def test_grouping_checkpoints_changes_no_result(smoke_copy, tmp_path):
+    """One job per checkpoint (checkpoints_per_job: 1) gives the summary of one job per run, byte for
+    byte in every variable; only the robustness jobs and what reads them rerun."""
+    before = summary(smoke_copy)
+    config = write_config(tmp_path / "per_checkpoint.yaml", robustness={"checkpoints_per_job": 1})
+    dry = snakemake(smoke_copy, "-n", "--quiet", "rules", configfile=config)
+    n_runs, epochs = len(run_names(load_config(config))), load_config(config)["finetune"]["epochs"] + 1
+    expected = {f"robustness_{e:03d}_{e:03d}": n_runs for e in range(epochs)} | {"aggregate": 1, "figures": 1, "all": 1}
+    assert jobs_by_rule(dry.stdout) == expected
+    snakemake(smoke_copy, "--cores", "2", configfile=config)
+    after = summary(smoke_copy)
+    assert set(after.data_vars) == set(before.data_vars)
+    for name in before.data_vars:
+        xr.testing.assert_identical(after[name], before[name])
+    logs = {p.name for p in (smoke_copy / "results" / "logs" / "robustness" / run_names(load_config(config))[0]).iterdir()}
+    assert {f"epochs_{e:03d}-{e:03d}.log" for e in range(epochs)} <= logs
+
+
+@pytest.mark.slow
+def test_adversarial_accuracy_in_the_summary(smoke_run):
+    config = load_config(SMOKE_CONFIG)
+    eps = config["adversarial"]["eps"]
+    acc = summary(smoke_run)["adversarial_accuracy"]
+    assert acc.dims == ("run", "epoch", "norm", "eps")
+    assert list(acc.norm.values) == ["linf", "l2"]
+    assert list(acc.eps.values) == sorted({float(v) for radii in eps.values() for v in radii})
+    for run in run_names(config):
+        assert run_config(config, run)["task"] == "classification"
+        for norm, radii in eps.items():
+            values = acc.sel(run=run, norm=norm, eps=radii).values  # (epoch, eps)
+            assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
+            assert (np.diff(values, axis=1) <= 0).all(), (run, norm, values)  # falls with eps
+        # radii of the other norm only were not attacked in this one
+        assert np.isnan(acc.sel(run=run, norm="l2", eps=eps["linf"][-1]).values).all()
+    # eps = 0 is the clean accuracy of the same images, for both norms
+    np.testing.assert_array_equal(acc.sel(norm="linf", eps=0.0).values, acc.sel(norm="l2", eps=0.0).values)
