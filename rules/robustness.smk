@@ -38,7 +38,7 @@ for _epochs in ROBUSTNESS_GROUPS:
 
 # Adversarial robustness: PGD accuracy of every checkpoint of a classification run, one job per run.
 ADVERSARIAL_RUNS = (
-    [r for r in RUNS if run_config(config, r)["task"] == "classification"] if config["adversarial"]["enabled"] else []
+    [r for r in RUNS if RUN_CONFIGS[r]["task"] == "classification"] if config["adversarial"]["enabled"] else []
 )
 
 

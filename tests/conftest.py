@@ -65,20 +65,45 @@ def jobs_by_rule(dry_run_output: str) -> dict[str, int]:
     return counts
 
 
-def robustness_jobs(config: dict) -> dict[str, int]:
-    """Jobs per rule of the robustness stage: a job per group of a run's checkpoints
-    (``robustness.checkpoints_per_job``, a rule per group), an adversarial job per classification run."""
-    from stirflow.config import run_config, run_names
+def expected_jobs(config: dict) -> dict[str, int]:
+    """Jobs per rule of a fresh run of a validated ``config``, computed from the DAG's structure
+    (DESIGN §4): data, training, inversions (a job per block group), scores, the convergence check,
+    robustness (a job per group of a run's checkpoints, ``robustness.checkpoints_per_job``, a rule per
+    group), adversarial robustness (a job per classification run), aggregate and figures."""
+    import math
 
-    runs = run_names(config)
+    from stirflow.config import convergence_sample, expand_runs, stir_blocks, stir_epochs
+
+    runs = expand_runs(config)
+    targets = {r["target"] for r in runs}
+    weights = config["pretrain"]["weights"]
+    prepared = targets | ({config["pretrain"]["dataset"]} if weights is None else set())
+    corrupted_sources = {config["datasets"][t].get("corrupted") for t in targets} - {None}
+    blocks = stir_blocks(config)
+    per_job = config["stir"]["blocks_per_job"] or len(blocks)
+    n_stir = len(stir_epochs(config))
+    sample = convergence_sample(config)
     epochs = config["finetune"]["epochs"] + 1
-    per_job = config["robustness"]["checkpoints_per_job"] or epochs
-    groups = [(first, min(first + per_job, epochs) - 1) for first in range(0, epochs, per_job)]
-    names = ["robustness"] if len(groups) == 1 else [f"robustness_{a:03d}_{b:03d}" for a, b in groups]
-    jobs = {name: len(runs) for name in names}
-    if config["adversarial"]["enabled"]:
-        jobs["adversarial"] = sum(run_config(config, r)["task"] == "classification" for r in runs)
-    return jobs
+    per_group = config["robustness"]["checkpoints_per_job"] or epochs
+    groups = [(first, min(first + per_group, epochs) - 1) for first in range(0, epochs, per_group)]
+    robustness = ["robustness"] if len(groups) == 1 else [f"robustness_{a:03d}_{b:03d}" for a, b in groups]
+    jobs = {
+        "prepare_dataset": len(prepared),
+        "prepare_corruption_set": len(corrupted_sources),
+        "corrupt_dataset": len(targets),
+        "finetune": len(runs),
+        "invert": len(runs) * n_stir * math.ceil(len(blocks) / per_job),
+        "stir_scores": len(runs) * n_stir,
+        "invert_check": len(set(sample) | {(r, 0) for r, _ in sample}),
+        "stir_scores_check": len(sample),
+        **{name: len(runs) for name in robustness},
+        "adversarial": sum(r["task"] == "classification" for r in runs) if config["adversarial"]["enabled"] else 0,
+        "aggregate": 1,
+        "figures": 1,
+        "all": 1,
+        "pretrain": 1 if weights is None else 0,
+    }
+    return {rule: n for rule, n in jobs.items() if n}
 
 
 @pytest.fixture(scope="module")

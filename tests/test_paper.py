@@ -6,7 +6,6 @@ Nothing is downloaded: ViT-B/32's depth comes from building the model on the met
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import resource
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 from stirflow.config import load_config, model_depth, run_config, run_names, stir_blocks, stir_epochs
 from stirflow.corruptions import COMMON_CORRUPTIONS
 
-from conftest import REPO, SNAKEMAKE, jobs_by_rule, robustness_jobs
+from conftest import REPO, SNAKEMAKE, jobs_by_rule, expected_jobs
 
 PAPER = REPO / "configs" / "paper.yaml"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # a download attempt would fail, not hang
@@ -26,33 +25,6 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # a download attempt
 @pytest.fixture(scope="module")
 def config():
     return load_config(PAPER)
-
-
-def expected_jobs(config: dict) -> dict[str, int]:
-    """Jobs per rule of a fresh run of ``config``, from the DAG's structure (DESIGN §4)."""
-    runs = run_names(config)
-    targets = {run_config(config, r)["target"] for r in runs}
-    weights = config["pretrain"]["weights"]
-    prepared = targets | ({config["pretrain"]["dataset"]} if weights is None else set())
-    corrupted_sources = {config["datasets"][t].get("corrupted") for t in targets} - {None}
-    blocks = stir_blocks(config)
-    per_job = config["stir"].get("blocks_per_job", 1) or len(blocks)
-    n_stir = len(stir_epochs(config))
-    jobs = {
-        "prepare_dataset": len(prepared),
-        "prepare_corruption_set": len(corrupted_sources),
-        "corrupt_dataset": len(targets),
-        "finetune": len(runs),
-        "invert": len(runs) * n_stir * math.ceil(len(blocks) / per_job),
-        "stir_scores": len(runs) * n_stir,
-        **robustness_jobs(config),
-        "aggregate": 1,
-        "figures": 1,
-        "all": 1,
-    }
-    if weights is None:
-        jobs["pretrain"] = 1
-    return {rule: n for rule, n in jobs.items() if n}
 
 
 def test_paper_settings(config):

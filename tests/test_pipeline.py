@@ -9,35 +9,7 @@ import xarray as xr
 from stirflow.config import load_config, run_names, stir_blocks, stir_epochs
 from stirflow.plots import FIGURES
 
-from conftest import REPO, SMOKE_CONFIG, jobs_by_rule, robustness_jobs, snakemake
-
-
-def expected_jobs(config: dict) -> dict[str, int]:
-    """Jobs per rule of a fresh run, computed from the config (the DAG's structure, DESIGN §4)."""
-    runs = run_names(config)
-    targets = {r["target"] for r in config["finetune"]["runs"]}
-    used = targets | ({config["pretrain"]["dataset"]} if config["pretrain"]["weights"] is None else set())
-    n_stir_epochs = len(stir_epochs(config))
-    n_blocks = len(stir_blocks(config))
-    per_job = config["stir"]["blocks_per_job"] or n_blocks
-    n_groups = -(-n_blocks // per_job)
-    n_epochs = config["finetune"]["epochs"] + 1
-    corrupted_sources = {config["datasets"][t].get("corrupted") for t in targets} - {None}
-    jobs = {
-        "prepare_dataset": len(used),
-        "prepare_corruption_set": len(corrupted_sources),
-        "corrupt_dataset": len(targets),
-        "finetune": len(runs),
-        "invert": len(runs) * n_stir_epochs * n_groups,
-        "stir_scores": len(runs) * n_stir_epochs,
-        **robustness_jobs(config),
-        "aggregate": 1,
-        "figures": 1,
-        "all": 1,
-    }
-    if config["pretrain"]["weights"] is None:
-        jobs["pretrain"] = 1
-    return {rule: n for rule, n in jobs.items() if n}
+from conftest import REPO, SMOKE_CONFIG, jobs_by_rule, expected_jobs, snakemake
 
 
 def test_default_config_dag(tmp_path):
