@@ -332,7 +332,7 @@ def copy_workflow(dst: Path) -> Path:
     dst.mkdir()
     shutil.copy2(REPO / "Snakefile", dst / "Snakefile")
     shutil.copy2(REPO / "config.yaml", dst / "config.yaml")
-    for name in ("rules", "scripts", "src", "schemas", "profiles", "report", "envs"):
+    for name in ("rules", "scripts", "src", "profiles", "report", "envs"):
         shutil.copytree(REPO / name, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return dst
 

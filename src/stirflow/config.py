@@ -1,14 +1,17 @@
 """The pipeline's configuration: schema validation with defaults, and what the DAG derives from it.
 
-:func:`validate_config` fills every default from ``schemas/config.schema.yaml``, then checks what a
-schema cannot (names that must refer to each other, block indices against the model's depth,
-timm model and corruption names). Every error is a :class:`ConfigError` naming the key.
+:func:`validate_config` fills every default from ``stirflow/schemas/config.schema.yaml`` (package
+data, read with :mod:`importlib.resources`: validation works from an installed wheel as from a
+checkout), then checks what a schema cannot (names that must refer to each other, block indices
+against the model's depth, timm model and corruption names). Every error is a
+:class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -36,23 +39,22 @@ __all__ = [
     "convergence_steps",
 ]
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+#: The config schema: package data, wherever the package is installed (a path-like ``Traversable``).
+SCHEMA_PATH = files(__package__) / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
-def load_schema(path: Path | None = None) -> dict[str, Any]:
+def load_schema(path: str | Path | None = None) -> dict[str, Any]:
     """The config schema, with each finetuning run and the grid allowed every finetuning setting.
 
     A run entry (``finetune.runs[k]``) and ``finetune.grid`` take the same keys as the finetune
     section's training settings, with the same types but no defaults (a key not given is the
     section's), so the schema file states each setting once.
     """
-    path = path or SCHEMA_PATH
-    with open(path) as f:
-        schema = yaml.safe_load(f)
+    schema = yaml.safe_load(Path(path).read_text() if path else SCHEMA_PATH.read_text())
     finetune = schema["properties"]["finetune"]["properties"]
     settings = {k: _without_defaults(v) for k, v in finetune.items() if k not in FINETUNE_STRUCTURE}
     finetune["runs"]["items"]["properties"].update(settings)
