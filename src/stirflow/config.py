@@ -52,11 +52,14 @@ def load_schema(path: str | Path | None = None) -> dict[str, Any]:
 
     A run entry (``finetune.runs[k]``) and ``finetune.grid`` take the same keys as the finetune
     section's training settings, with the same types but no defaults (a key not given is the
-    section's), so the schema file states each setting once.
+    section's), so the schema file states each setting once. ``$ref``s are inlined before the
+    defaults are dropped: a referenced definition's defaults (``optimizer: {}``, its ``lr``, ...)
+    filled into a run entry would override the section's settings for every run.
     """
     schema = yaml.safe_load(Path(path).read_text() if path else SCHEMA_PATH.read_text())
     finetune = schema["properties"]["finetune"]["properties"]
-    settings = {k: _without_defaults(v) for k, v in finetune.items() if k not in FINETUNE_STRUCTURE}
+    settings = {k: _without_defaults(_inline_refs(v, schema)) for k, v in finetune.items()
+                if k not in FINETUNE_STRUCTURE}
     finetune["runs"]["items"]["properties"].update(settings)
     finetune["grid"]["properties"] = {k: {"type": "array", "minItems": 1, "items": v} for k, v in settings.items()}
     return schema
@@ -67,6 +70,16 @@ def _without_defaults(schema: Any) -> Any:
         return {k: _without_defaults(v) for k, v in schema.items() if k != "default"}
     if isinstance(schema, list):
         return [_without_defaults(v) for v in schema]
+    return schema
+
+
+def _inline_refs(schema: Any, root: Mapping[str, Any]) -> Any:
+    """``schema`` with every local ``$ref`` replaced by what it points to (keywords beside it kept)."""
+    if isinstance(schema, dict):
+        inlined = {k: _inline_refs(v, root) for k, v in schema.items() if k != "$ref"}
+        return {**_inline_refs(_resolve(schema, root), root), **inlined} if "$ref" in schema else inlined
+    if isinstance(schema, list):
+        return [_inline_refs(v, root) for v in schema]
     return schema
 
 
