@@ -53,3 +53,10 @@ def test_gpu_inversion_small_runs_on_cpu_and_bf16_agrees(tmp_path):
     agreement = result["stir_agreement"]
     assert agreement["bf16"]["max_abs_stir_diff"] <= 0.01 and agreement["bf16"]["within_0.01"]
     assert agreement["tf32"]["max_abs_stir_diff"] <= 0.01
+
+
+def test_download_resume_sends_no_byte_twice():
+    out = run("download_resume.py", "--mb", "2")
+    row = next(line for line in out.splitlines() if line.startswith("stirflow.download.fetch"))
+    requests, sent = row.split()[1:3]
+    assert (int(requests), float(sent)) == (2, 1.0), out  # the cut answer, then the rest with Range
