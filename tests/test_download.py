@@ -446,3 +446,28 @@ def test_sources_table():
     assert files_for("cifar10_c") == ["CIFAR-10-C.tar"]
     assert SOURCES["cifar10_c"][0].md5 == "56bf5dcef84df0e2308c6dcbcbbd8499"
     assert len(CIFAR10_C_CORRUPTIONS) == 19
+
+
+def test_sources_table_agrees_with_torchvision(tmp_path, monkeypatch):
+    """File name, URL and md5 of every data set torchvision knows are torchvision's own constants
+    (EuroSAT keeps them inside its download method: recorded by running it with the fetch replaced)."""
+    from torchvision import datasets
+    from torchvision.datasets import eurosat
+
+    calls = []
+    monkeypatch.setattr(eurosat, "download_and_extract_archive", lambda url, **kw: calls.append((url, kw["md5"])))
+    euro = datasets.EuroSAT.__new__(datasets.EuroSAT)
+    euro._base_folder, euro._data_folder = str(tmp_path / "eurosat"), str(tmp_path / "eurosat" / "2750")
+    euro.download()
+
+    def entries(pairs):
+        return [(url.rsplit("/", 1)[-1], url, md5) for url, md5 in pairs]
+
+    torchvision_table = {
+        "cifar10": [(datasets.CIFAR10.filename, datasets.CIFAR10.url, datasets.CIFAR10.tgz_md5)],
+        "cifar100": [(datasets.CIFAR100.filename, datasets.CIFAR100.url, datasets.CIFAR100.tgz_md5)],
+        "oxford_pets": entries(datasets.OxfordIIITPet._RESOURCES),
+        "eurosat": entries(calls),
+    }
+    assert len(calls) == 1
+    assert {kind: [(e.filename, e.url, e.md5) for e in SOURCES[kind]] for kind in torchvision_table} == torchvision_table
