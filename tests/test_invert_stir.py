@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from stirflow.cka import linear_cka
 from stirflow.data import make_shapes, to_tensor
 from stirflow.inversion import (
     START_TYPES,
     NonFiniteLossError,
     descend,
+    invert,
     invert_blocks,
     invert_fn,
     inversion_start,
@@ -69,18 +71,36 @@ def test_relative_loss_is_per_sample_relative_norm():
 
 
 def test_descend_takes_per_sample_normalised_clamped_steps():
-    """One step moves each sample by exactly η·g/‖g‖ (before the clamp), whatever its gradient's scale."""
+    """One step moves each sample by exactly η·g/‖g‖, whatever its gradient's scale, then clamps to
+    [0, 1]: the step is large enough that the unclamped iterate leaves [0, 1] on both sides."""
     x0 = torch.full((3, 1, 4, 4), 0.5)
     weights = torch.tensor([1.0, 10.0, 1000.0])  # wildly different gradient scales per sample
+    g = torch.arange(16.0) - 7.5  # pushes some pixels down, others up
 
     def loss_fn(z: torch.Tensor) -> torch.Tensor:
-        return weights * (z.flatten(1) * torch.arange(16.0)).sum(1)
+        return weights * (z.flatten(1) * g).sum(1)
 
-    result = descend(loss_fn, x0, steps=1, step_size=0.5)
-    g = torch.arange(16.0)
-    expected = (0.5 - 0.5 * g / g.norm()).clamp(0, 1)
+    result = descend(loss_fn, x0, steps=1, step_size=2.0)
+    unclamped = 0.5 - 2.0 * g / g.norm()
+    assert unclamped.min() < -0.25 and unclamped.max() > 1.25  # the clamp acts at both ends
     for k in range(3):
-        torch.testing.assert_close(result.images[k].flatten(), expected)
+        torch.testing.assert_close(result.images[k].flatten(), unclamped.clamp(0, 1))
+
+
+def test_descent_stays_in_the_box_and_reaches_its_corner():
+    """A linear loss has no minimum: only the clamp keeps the iterates in [0, 1], where the best one
+    is the box's corner (0 where the gradient is positive, 1 where it is negative)."""
+    k = torch.arange(48.0)
+    g = ((-1) ** k * (1 + k / 48)).view(1, 3, 4, 4)  # both signs, each pixel reaches its bound in < 25 steps
+    x0 = inversion_start(torch.zeros(2, 3, 4, 4), "noise", 0)  # raw noise, partly outside [0, 1]
+
+    def loss_fn(z: torch.Tensor) -> torch.Tensor:
+        return (z * g).flatten(1).sum(1)
+
+    result = descend(loss_fn, x0, steps=60, step_size=0.5)
+    corner = (g < 0).float().expand_as(x0)
+    torch.testing.assert_close(result.images, corner)
+    torch.testing.assert_close(result.losses, loss_fn(corner))
 
 
 def test_best_iterate_is_kept_per_sample(model, images):
@@ -106,8 +126,16 @@ def test_best_iterate_is_kept_per_sample(model, images):
 
 
 def test_stir_of_a_function_with_itself_is_near_one(model, images):
+    """Near 1 because X' reproduces fn(X) from far away: an inversion that returned X itself would
+    score 1 but fail the distance, one that left the start noise would fail the score."""
     fn = block_representation(model, 2)
     assert stir(fn, fn, images, steps=40) > 0.98
+    inverted = invert(fn, images, steps=40)  # the X' that stir scored (same seed)
+    start = inversion_start(images, "noise", 0).clamp(0, 1)
+    distance = lambda a, b: float((a - b).abs().mean())  # noqa: E731
+    assert distance(inverted, images) > 0.25 * distance(start, images)  # measured: 0.20 against 0.44
+    with torch.no_grad():
+        assert linear_cka(fn(images), fn(start)) < 0.9  # measured: 0.68
 
 
 def test_constructed_invariance_gives_directional_stir(images):
