@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from .files import DataFileError, atomic_path
+from .files import DataFileError, atomic_path, check_arrays
 
 __all__ = [
     "ImageSet",
@@ -87,7 +87,12 @@ def write_image_h5(path: str | os.PathLike, images: np.ndarray, labels: np.ndarr
 
 
 def read_image_h5(path: str | os.PathLike) -> ImageSet:
-    """Read an image set written by :func:`write_image_h5`; a clear error names a bad file."""
+    """Read an image set written by :func:`write_image_h5`.
+
+    A missing, truncated or foreign file, and one whose content is not an image set (images not
+    uint8 (N, H, W, 3), labels not N integers in 0..num_classes−1), raises :class:`DataFileError`
+    naming the file and what does not match.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: data file not found")
@@ -96,6 +101,8 @@ def read_image_h5(path: str | os.PathLike) -> ImageSet:
             missing = {"images", "labels"} - set(f.keys())
             if missing:
                 raise DataFileError(f"{path}: not an image set (missing {sorted(missing)})")
+            # shapes first: a wrong file is refused before its images are read
+            check_arrays(path, {"images": (f["images"], "N H W 3", np.uint8), "labels": (f["labels"], "N", np.integer)})
             images = f["images"][...]
             labels = f["labels"][...].astype(np.int64)
             attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
@@ -103,9 +110,10 @@ def read_image_h5(path: str | os.PathLike) -> ImageSet:
         raise
     except (OSError, KeyError, ValueError) as err:
         raise DataFileError(f"{path}: cannot read image set ({err})") from err
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-        raise DataFileError(f"{path}: images must be uint8 (N, H, W, C) with one label each, "
-                            f"got {images.dtype} {images.shape} and {labels.shape} labels")
+    n_classes = attrs.get("num_classes")
+    if len(labels) and n_classes is not None and not 0 <= labels.min() <= labels.max() < int(n_classes):
+        raise DataFileError(f"{path}: labels span {labels.min()}..{labels.max()}, expected 0..{int(n_classes) - 1} "
+                            f"(num_classes = {n_classes})")
     return ImageSet(images, labels, attrs)
 
 

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -353,27 +353,40 @@ def save_inversion(path, results: Mapping[int, InversionResult], indices, **attr
             f.attrs[key] = value if value is not None else "none"
 
 
-def load_inversion(path) -> tuple[dict[int, InversionResult], dict]:
+def load_inversion(path, expected: Mapping[str, Any] | None = None) -> tuple[dict[int, InversionResult], dict]:
     """``({block: InversionResult}, info)`` from :func:`save_inversion`'s file; ``info`` holds
     ``indices`` (N,) and the attributes (the settings that made the inversions).
 
-    A missing, truncated or foreign file raises :class:`~stirflow.data.DataFileError` naming it.
+    ``expected``: values the file must hold, e.g. ``{"run": "digits-scratch", "epoch": 3,
+    "steps": 100, "blocks": [1, 2], "indices": idx}`` (``blocks`` and ``indices`` are compared with
+    the file's arrays, every other key with its attribute).
+
+    A missing, truncated or foreign file, arrays whose shapes disagree with ``blocks`` and
+    ``indices``, or values other than ``expected``'s raise :class:`~stirflow.data.DataFileError`
+    naming the file and what does not match.
     """
     from pathlib import Path
 
     import h5py
+    import numpy as np
 
-    from .data import DataFileError
+    from .files import DataFileError, check_arrays, check_attrs
 
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
+            check_arrays(path, {"blocks": (f["blocks"], "B", np.integer), "indices": (f["indices"], "N", np.integer),
+                                "curve_steps": (f["curve_steps"], "T", np.integer),
+                                "images": (f["images"], "B N C H W", np.floating),
+                                "losses": (f["losses"], "B N"), "start_losses": (f["start_losses"], "B N"),
+                                "curves": (f["curves"], "B T N")})
             blocks = [int(b) for b in f["blocks"][...]]
             arrays = {k: torch.from_numpy(f[k][...]) for k in ("images", "losses", "start_losses", "curves")}
             steps = [int(t) for t in f["curve_steps"][...]]
             info = {"indices": f["indices"][...], **dict(f.attrs)}
     except (OSError, KeyError) as err:
         raise DataFileError(f"{path}: cannot read inversion ({err})") from err
+    check_attrs(path, {**info, "blocks": blocks}, expected, "inversion")
     results = {b: InversionResult(arrays["images"][k], arrays["losses"][k], arrays["start_losses"][k],
                                   arrays["curves"][k], steps) for k, b in enumerate(blocks)}
     return results, info

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .data import DataFileError, ImageSet, read_image_h5, select_indices, to_tensor
-from .files import atomic_path
+from .files import atomic_path, check_arrays, check_attrs
 
 __all__ = ["make_corrupted_set", "to_stored_uint8", "save_corrupted_set", "load_corrupted_set", "CorruptedSet", "evaluate_robustness",
            "save_robustness", "load_robustness"]
@@ -86,12 +86,18 @@ def save_corrupted_set(path: str | os.PathLike, cs: CorruptedSet, **attrs: Any) 
 
 
 def load_corrupted_set(path: str | os.PathLike) -> CorruptedSet:
+    """The :class:`CorruptedSet` in ``path``; a file that cannot be read, or whose arrays disagree
+    with each other or with its corruptions and severities, raises :class:`DataFileError` naming it."""
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
-            return CorruptedSet(f["clean"][...], f["corrupted"][...], f["labels"][...],
-                                json.loads(attrs.pop("corruptions")), json.loads(attrs.pop("severities")), attrs)
-    except (OSError, KeyError) as err:
+            corruptions, severities = json.loads(attrs.pop("corruptions")), json.loads(attrs.pop("severities"))
+            check_arrays(path, {"clean": (f["clean"], "N H W 3", np.uint8), "labels": (f["labels"], "N", np.integer),
+                                "corrupted": (f["corrupted"], "K S N H W 3", np.uint8)},
+                         known={"K": (len(corruptions), "the corruptions attribute"),
+                                "S": (len(severities), "the severities attribute")})
+            return CorruptedSet(f["clean"][...], f["corrupted"][...], f["labels"][...], corruptions, severities, attrs)
+    except (OSError, KeyError, ValueError) as err:
         raise DataFileError(f"{path}: cannot read corrupted test set ({err})") from err
 
 
@@ -126,12 +132,29 @@ def save_robustness(path: str | os.PathLike, scores: Mapping[str, Any], cs: Corr
             f.attrs[key] = value
 
 
-def load_robustness(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_robustness(path: str | os.PathLike, expected: Mapping[str, Any] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(scores, attrs)`` from :func:`save_robustness`' file.
+
+    ``expected``: attribute values the file must hold (e.g. ``{"run": ..., "epoch": 3}``). A file
+    that cannot be read, holds neither accuracies nor errors, whose scores are not one value per
+    corruption × severity, or whose attributes differ from ``expected`` raises
+    :class:`DataFileError` naming it and the mismatch.
+    """
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
             attrs["corruptions"] = json.loads(attrs["corruptions"])
             attrs["severities"] = json.loads(attrs["severities"])
-            return {k: f[k][()] for k in f.keys()}, attrs
-    except (OSError, KeyError) as err:
+            scores = {k: f[k][()] for k in f.keys()}
+    except (OSError, KeyError, ValueError) as err:
         raise DataFileError(f"{path}: cannot read robustness scores ({err})") from err
+    name = next((k for k in ("accuracy", "error") if k in scores and f"clean_{k}" in scores), None)
+    if name is None:
+        raise DataFileError(f"{path}: not robustness scores (no accuracy and clean_accuracy, nor error and "
+                            f"clean_error; it holds {sorted(scores)})")
+    check_arrays(path, {f"clean_{name}": (scores[f"clean_{name}"], ""), name: (scores[name], "K S")},
+                 known={"K": (len(attrs["corruptions"]), "the corruptions attribute"),
+                        "S": (len(attrs["severities"]), "the severities attribute")})
+    check_attrs(path, attrs, expected, "robustness scores")
+    return scores, attrs
