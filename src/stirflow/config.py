@@ -94,7 +94,15 @@ def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str,
 
 
 def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> None:
-    """Insert missing defaults of ``properties`` (recursively, through local ``$ref``s)."""
+    """Insert missing defaults of ``properties`` (recursively, through local ``$ref``s).
+
+    Not ``snakemake.utils.validate(config, schema, set_default=True)``: on this schema it raises
+    on ``pretrain.weights``' ``null`` default (it calls ``setdefault`` on the ``null`` while trying
+    the object branch of the ``oneOf``), and it fills no default that lives in a ``$ref``'d
+    definition (``optimizer: {}`` and its keys' defaults) while the key is absent
+    (tests/test_schema.py shows both). It also takes a schema file, not the schema
+    :func:`load_schema` extends, and reports the first error only.
+    """
     schema = _resolve(schema, root)
     if "items" in schema and isinstance(instance, list):
         for item in instance:
