@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import yaml
 
 from conftest import REPO, SMOKE_CONFIG, SNAKEMAKE, snakemake, write_config
 
@@ -58,11 +59,11 @@ def checkpoint_differences(a: Path, b: Path) -> list[str]:
     return diffs
 
 
-def training_process(root: psutil.Process, log: Path) -> psutil.Process | None:
-    """The script process (a descendant of ``root``) that writes ``log``."""
+def training_process(root: psutil.Process, log: Path, script: str = "finetune.py") -> psutil.Process | None:
+    """The ``script`` process (a descendant of ``root``) that writes ``log``."""
     for proc in root.children(recursive=True):
         try:
-            if any("finetune.py" in part for part in proc.cmdline()) and \
+            if any(script in part for part in proc.cmdline()) and \
                     any(Path(f.path).resolve() == log.resolve() for f in proc.open_files()):
                 return proc
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -222,3 +223,56 @@ def test_config_errors_stop_before_any_job(changes, keys, tmp_path):
     for key in keys:
         assert key in text, (key, text[-3000:])
     assert not (work / "results").exists() and not (work / "data").exists()
+
+
+
+# --------------------------------------------------------------------------- pretraining killed in a later epoch
+
+def kill_when(cmd: list[str], log: Path, script: str, pattern: str, console: Path) -> str:
+    """Run ``cmd`` until ``pattern`` appears in ``log``, then SIGKILL the ``script`` process writing
+    it; the command must then fail. Returns the log's text at the kill."""
+    with open(console, "w") as out:
+        job = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    killed_at, proc = None, None
+    try:
+        deadline = time.time() + 900
+        while killed_at is None and job.poll() is None and time.time() < deadline:
+            if proc is None and log.is_file():  # find the process first, to kill it without delay
+                proc = training_process(psutil.Process(job.pid), log, script)
+            if proc is not None and re.search(pattern, log.read_text()):
+                proc.send_signal(signal.SIGKILL)
+                killed_at = log.read_text()
+            time.sleep(0.01)
+        job.wait(timeout=900)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert killed_at is not None, f"{pattern!r} never appeared in {log}:\n{console.read_text()[-4000:]}"
+    assert job.returncode != 0, console.read_text()[-4000:]
+    return killed_at
+
+
+@pytest.mark.slow
+def test_pretraining_killed_in_a_later_epoch_resumes_bit_identical(tmp_path):
+    """The pretrain job of configs/smoke.yaml killed (SIGKILL) in its last epoch, after a trained
+    epoch whose optimizer and schedule state the resumption must restore, then run again: every
+    checkpoint and the history are those of an uninterrupted run."""
+    target = "results/pretrain/history.json"
+    reference, work = tmp_path / "reference", tmp_path / "killed"
+    snakemake(reference, "--cores", "2", target)
+    log = work / "results" / "logs" / "pretrain" / "pretrain.log"
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--workflow-profile",
+           str(REPO / "profiles" / "default"), "--configfile", str(SMOKE_CONFIG), "--cores", "2", target]
+    epochs = yaml.safe_load(SMOKE_CONFIG.read_text())["pretrain"]["epochs"]
+    killed_at = kill_when(cmd, log, "pretrain.py", rf"pretrain: epoch {epochs} step \d+/\d+", tmp_path / "first.out")
+    done = [int(e) for e in re.findall(r"pretrain: epoch (\d+)/\d+ ", killed_at)]
+    assert done == list(range(epochs)) and epochs >= 2, killed_at  # killed after epoch 1 was trained
+    snakemake(work, "--cores", "2", target)
+    assert f"pretrain: resuming after epoch {epochs - 1}" in log.read_text()
+    checkpoints = sorted((reference / "results" / "pretrain" / "checkpoints").glob("epoch_*.pt"))
+    assert len(checkpoints) == epochs + 1
+    for ref in checkpoints:
+        assert checkpoint_differences(work / "results" / "pretrain" / "checkpoints" / ref.name, ref) == [], ref.name
+    strip = lambda h: [{k: v for k, v in rec.items() if k != "seconds"} for rec in h]  # noqa: E731
+    history, reference_history = (json.loads((w / target).read_text()) for w in (work, reference))
+    assert strip(history) == strip(reference_history)
