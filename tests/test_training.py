@@ -290,6 +290,8 @@ def test_a_scratch_only_config_needs_no_pretraining_settings():
     config = validate_config({"datasets": {"digits": {"kind": "digits"}},
                               "finetune": {"runs": [{"target": "digits", "init": "scratch"}]}})
     assert config["pretrain"]["dataset"] == "shapes"  # the unused default is not checked
+    validate_config({"datasets": {"digits": {"kind": "digits"}}, "pretrain": {"weights": {"file": "nowhere.pth"}},
+                     "finetune": {"runs": [{"target": "digits", "init": "scratch"}]}})  # weights no run loads
     with pytest.raises(ConfigError, match="pretrain.dataset: unknown data set 'shapes'"):
         validate_config({"datasets": {"digits": {"kind": "digits"}}, "finetune": {"runs": [{"target": "digits"}]}})
 

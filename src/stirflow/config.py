@@ -159,7 +159,7 @@ def _check_references(config: dict[str, Any]) -> None:
             problems.append(f"pretrain.dataset: unknown data set {pre['dataset']!r} (known: {', '.join(datasets)})")
         elif datasets[pre["dataset"]]["kind"] == "cifar10_c":
             problems.append(f"pretrain.dataset: {pre['dataset']!r} is a corrupted test set, not a training set")
-    elif pre["weights"] is not None:
+    elif pre["weights"] is not None and uses_pretrained_init(config):  # weights that no run loads are not checked
         w = pre["weights"]
         if w.get("file") and not Path(w["file"]).is_file():
             problems.append(f"pretrain.weights.file: {w['file']} not found")
