@@ -35,6 +35,7 @@ __all__ = [
     "SCHEDULES",
     "lr_factor",
     "make_scheduler",
+    "warmup_steps",
     "augment",
     "task_loss",
     "evaluate",
