@@ -5,11 +5,6 @@
 from stirflow.config import check_weights_file, needs_pretraining
 
 
-def training_params(section):
-    """The training settings of ``pretrain`` or ``finetune``, and whether they run under bf16 autocast."""
-    return {**training_settings(config[section]), "bf16": config["compute"]["bf16"]}
-
-
 # A weights file is loaded into the model on the meta device once, when the DAG is built (not in
 # every job: a large .pth takes seconds to read), so a file of another architecture stops the
 # workflow before any job, naming the key.
@@ -32,7 +27,7 @@ if needs_pretraining(config):
             checkpoints=[f"{RES}/pretrain/checkpoints/epoch_{e:03d}.pt" for e in range(config["pretrain"]["epochs"] + 1)],
             history=f"{RES}/pretrain/history.json",
         params:
-            training=training_params("pretrain"),
+            training=training_settings(config["pretrain"], bf16=config["compute"]["bf16"]),
             model=config["model"],
             resume_dir=f"{RES}/.resume/pretrain",
             device=config["compute"]["device"],
@@ -59,7 +54,7 @@ rule finetune:
         history=f"{RES}/runs/{{run}}/history.json",
     params:
         run=lambda w: run_config(config, w.run),
-        training=training_params("finetune"),
+        training=training_settings(config["finetune"], bf16=config["compute"]["bf16"]),
         model=config["model"],
         weights=PRETRAINED_WEIGHTS,
         resume_dir=lambda w: f"{RES}/.resume/{w.run}",

@@ -507,6 +507,7 @@ def model_spec(config: Mapping[str, Any], task: str, num_classes: int) -> dict[s
             "std": list(model["std"]), "task": task, "num_classes": num_classes}
 
 
-def training_settings(section: Mapping[str, Any]) -> dict[str, Any]:
-    """The training keys of ``pretrain`` or ``finetune`` (the runs list and data choice left out)."""
-    return {k: v for k, v in section.items() if k not in ("runs", "dataset", "weights")}
+def training_settings(section: Mapping[str, Any], *, bf16: bool = False) -> dict[str, Any]:
+    """The training keys of ``pretrain`` or ``finetune`` (the runs list and data choice left out),
+    and ``bf16``: whether training runs under bf16 autocast (``compute.bf16``)."""
+    return {**{k: v for k, v in section.items() if k not in ("runs", "dataset", "weights")}, "bf16": bool(bf16)}
