@@ -446,3 +446,22 @@ def test_paper_code_dag_within_30_seconds(tmp_path):
     assert jobs_by_rule(proc.stdout) == expected_jobs(load_config(PAPER_CODE))
     _check_time(wall, cpu)
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_training_benchmarks_run_at_tiny_sizes(tmp_path):
+    """The two benchmark scripts still run against the library (their figures are printed, not checked)."""
+    def run(script, *args):
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True,
+                              text=True, timeout=300, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    out = run("augment_speed.py", "--n", "4", "--in-size", "8", "--out-size", "12", "--repeats", "1")
+    assert re.search(r"^ours \(batched, per-image parameters\)\s+[\d.]+\s+\d+$", out, re.M), out
+    assert re.search(r"^torchvision functional, image by image\s+[\d.]+\s+\d+$", out, re.M), out
+    run("bf16_training.py", "--seeds", "0", "--epochs", "1", "--image-size", "8", "--dim", "16", "--depth", "1",
+        "--json", str(tmp_path / "bf16.json"))
+    import json
+
+    (row,) = json.loads((tmp_path / "bf16.json").read_text())["runs"]
+    assert 0 <= row["fp32_accuracy"] <= 1 and 0 <= row["bf16_accuracy"] <= 1
