@@ -10,6 +10,9 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the library, also wit
 
 from stirflow.config import (
     ConfigError,
+    convergence_blocks,
+    convergence_sample,
+    convergence_steps,
     model_spec,
     run_config,
     run_names,
@@ -37,6 +40,9 @@ BLOCKS = stir_blocks(config)
 _per_job = config["stir"]["blocks_per_job"] or len(BLOCKS)
 BLOCK_GROUPS = [BLOCKS[i : i + _per_job] for i in range(0, len(BLOCKS), _per_job)]
 PRETRAINED_WEIGHTS = config["pretrain"]["weights"]
+CHECK_SAMPLE = convergence_sample(config)  # (run, epoch) pairs scored again with more steps
+CHECK_BLOCKS = convergence_blocks(config)
+CHECK_STEPS = convergence_steps(config)
 
 
 wildcard_constraints:
@@ -72,6 +78,10 @@ def block_group_name(blocks):
 
 def inversion_path(run, epoch, blocks):
     return f"{RES}/runs/{run}/inversions/epoch_{int(epoch):03d}/blocks_{block_group_name(blocks)}.h5"
+
+
+def check_inversion_path(run, epoch):
+    return f"{RES}/runs/{run}/convergence/inversions/epoch_{int(epoch):03d}/blocks_{block_group_name(CHECK_BLOCKS)}.h5"
 
 
 def figure_files():

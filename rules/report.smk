@@ -5,7 +5,8 @@
 
 rule aggregate:
     input:
-        stir=[f"{RES}/runs/{r}/stir/epoch_{e:03d}.h5" for r in RUNS for e in STIR_EPOCHS],
+        stir=[f"{RES}/runs/{r}/stir/epoch_{e:03d}.nc" for r in RUNS for e in STIR_EPOCHS],
+        convergence=[f"{RES}/runs/{r}/convergence/epoch_{e:03d}.nc" for r, e in CHECK_SAMPLE],
         robustness=[f"{RES}/runs/{r}/robustness/epoch_{e:03d}.h5" for r in RUNS for e in EPOCHS],
         histories=[f"{RES}/runs/{r}/history.json" for r in RUNS],
     output:
@@ -25,6 +26,7 @@ rule aggregate:
     params:
         runs=[run_config(config, r) for r in RUNS],
         analysis=config["analysis"],
+        convergence={k: config["convergence"][k] for k in ("factor", "tolerance")},
         reference_run=config["robustness"]["reference_run"],
         code=code("aggregate"),
     log:

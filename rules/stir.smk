@@ -2,8 +2,9 @@
 # checkpoint may share a job and a batched pass: stir.blocks_per_job);
 # scores per (run, epoch) against the run's epoch 0 (the model before finetuning).
 
-INVERSION_KEYS = ("n_images", "image_selection", "image_seed", "steps", "step_size", "start", "representation", "norm_p",
-                  "seed", "chunk_size", "log_every")
+INVERSION_KEYS = ("n_images", "image_selection", "image_seed", "steps", "step_size", "step_schedule",
+                  "final_step_size", "start", "representation", "norm_p", "seed", "chunk_size", "log_every")
+INVERSION_PARAMS = {k: config["stir"][k] for k in INVERSION_KEYS}
 
 
 rule invert:
@@ -13,7 +14,7 @@ rule invert:
     output:
         f"{RES}/runs/{{run}}/inversions/epoch_{{epoch}}/blocks_{{blocks}}.h5",
     params:
-        stir={k: config["stir"][k] for k in INVERSION_KEYS},
+        stir=INVERSION_PARAMS,
         compute={k: config["compute"][k] for k in ("device", "bf16", "compile")},
         code=code("invert"),
     log:
@@ -40,7 +41,7 @@ rule stir_scores:
         inversions=lambda w: [inversion_path(w.run, w.epoch, g) for g in BLOCK_GROUPS],
         images=lambda w: dataset_files(run_target(w.run), "test"),
     output:
-        f"{RES}/runs/{{run}}/stir/epoch_{{epoch}}.h5",
+        f"{RES}/runs/{{run}}/stir/epoch_{{epoch}}.nc",
     params:
         blocks=BLOCKS,
         representation=config["stir"]["representation"],
@@ -51,6 +52,67 @@ rule stir_scores:
         f"{RES}/logs/stir_scores/{{run}}/epoch_{{epoch}}.log",
     benchmark:
         f"{RES}/benchmarks/stir_scores/{{run}}/epoch_{{epoch}}.tsv"
+    threads: config["compute"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/stirflow.yaml"
+    script:
+        "../scripts/stir_scores.py"
+
+
+# The convergence check (DESIGN §2): a sample of (run, epoch) scored again from inversions with
+# convergence.factor × the steps; aggregate compares their learning and forgetting with the
+# measurement's. The check inverts each sampled checkpoint and its run's epoch 0 once, all the
+# checked blocks in one job.
+
+
+rule invert_check:
+    input:
+        checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
+        images=lambda w: dataset_files(run_target(w.run), "test"),
+    output:
+        f"{RES}/runs/{{run}}/convergence/inversions/epoch_{{epoch}}/blocks_{{blocks}}.h5",
+    params:
+        stir={**INVERSION_PARAMS, "steps": CHECK_STEPS},
+        compute={k: config["compute"][k] for k in ("device", "bf16", "compile")},
+        code=code("invert"),
+    log:
+        f"{RES}/logs/invert_check/{{run}}/epoch_{{epoch}}_blocks_{{blocks}}.log",
+    benchmark:
+        f"{RES}/benchmarks/invert_check/{{run}}/epoch_{{epoch}}_blocks_{{blocks}}.tsv"
+    group:
+        "invert"
+    threads: config["compute"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    conda:
+        "../envs/stirflow.yaml"
+    script:
+        "../scripts/invert.py"
+
+
+rule stir_scores_check:
+    input:
+        ref_checkpoint=lambda w: checkpoint_path(w.run, 0),
+        checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
+        ref_inversions=lambda w: [check_inversion_path(w.run, 0)],
+        inversions=lambda w: [check_inversion_path(w.run, w.epoch)],
+        images=lambda w: dataset_files(run_target(w.run), "test"),
+    output:
+        f"{RES}/runs/{{run}}/convergence/epoch_{{epoch}}.nc",
+    params:
+        blocks=CHECK_BLOCKS,
+        representation=config["stir"]["representation"],
+        similarity=config["stir"]["similarity"],
+        device=config["compute"]["device"],
+        code=code("stir_scores"),
+    log:
+        f"{RES}/logs/stir_scores_check/{{run}}/epoch_{{epoch}}.log",
+    benchmark:
+        f"{RES}/benchmarks/stir_scores_check/{{run}}/epoch_{{epoch}}.tsv"
     threads: config["compute"]["threads"]
     resources:
         mem_mb=8000,

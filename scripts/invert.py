@@ -18,12 +18,15 @@ def main(sm):
     x = to_tensor(test.images[indices]).to(device)
     label = f"{sm.wildcards.run} epoch {int(sm.wildcards.epoch)} blocks {blocks}: "
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute["bf16"]):
-        results = invert_blocks(model, x, blocks, steps=s["steps"], step_size=s["step_size"], seed=s["seed"],
-                                start=s["start"], representation=s["representation"], norm_p=s["norm_p"],
-                                chunk_size=s["chunk_size"] or None, log_every=s["log_every"], label=label)
+        results = invert_blocks(model, x, blocks, steps=s["steps"], step_size=s["step_size"],
+                                step_schedule=s["step_schedule"], final_step_size=s["final_step_size"],
+                                seed=s["seed"], start=s["start"], representation=s["representation"],
+                                norm_p=s["norm_p"], chunk_size=s["chunk_size"] or None, log_every=s["log_every"],
+                                label=label)
     save_inversion(sm.output[0], results, indices, run=sm.wildcards.run, epoch=int(sm.wildcards.epoch),
                    checkpoint=str(sm.input.checkpoint), images=str(sm.input.images),
-                   **{k: v for k, v in s.items() if k != "log_every"}, bf16=compute["bf16"])
+                   **{k: v for k, v in s.items() if k not in ("log_every", "chunk_size")},
+                   bf16=compute["bf16"])
 
 
 run_script(snakemake, main)  # noqa: F821

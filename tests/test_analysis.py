@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from stirflow.analysis import (
@@ -67,8 +68,13 @@ def synthetic_truth(seed: int = 0) -> dict[str, np.ndarray]:
 
 def write_synthetic_files(directory: Path, truth: dict[str, np.ndarray]) -> tuple[list, list, list]:
     """The per-job files the pipeline writes (STIR scores, robustness, history) for :func:`synthetic_truth`."""
+    from stirflow.comparison import scores_dataset
+    from stirflow.inversion import InversionResult
     from stirflow.robustness import CorruptedSet, save_robustness
-    from stirflow.invariance import save_scores
+
+    def inversions(loss):  # stand-ins with the losses the summary reads back
+        return {b: InversionResult(torch.zeros(2, 3, 2, 2), torch.full((2,), loss * b), torch.ones(2),
+                                   torch.full((3, 2), loss * b), [10, 20, 30]) for b in BLOCKS}
 
     cs = CorruptedSet(np.zeros((1, 2, 2, 3), np.uint8), np.zeros((1,), np.uint8), np.zeros(1, int),
                       CORRUPTIONS, SEVERITIES, {})
@@ -76,9 +82,13 @@ def write_synthetic_files(directory: Path, truth: dict[str, np.ndarray]) -> tupl
     for r, run in enumerate(RUNS):
         name, cls = run["name"], run["task"] == "classification"
         for e in STIR_EPOCHS:
-            path = directory / name / f"stir_{e:03d}.h5"
-            save_scores(path, {k: truth[k][r, e] for k in ("forgetting", "learning", "flow", "flow_reverse", "cka",
-                                                          "within_ref", "within_eval")}, BLOCKS, run=name, epoch=e)
+            path = directory / name / f"stir_{e:03d}.nc"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            scores = {k: truth[k][r, e] for k in ("forgetting", "learning", "flow", "flow_reverse", "cka",
+                                                 "within_ref", "within_eval")}
+            ds = scores_dataset(scores, BLOCKS, np.arange(2), inversions(0.01), inversions(0.001 * (e + 1)))
+            ds.attrs.update(run=name, epoch=e)
+            ds.to_netcdf(path, engine="h5netcdf")
             stir_files.append(str(path))
         for e in EPOCHS:
             path = directory / name / f"robustness_{e:03d}.h5"

@@ -60,14 +60,12 @@ def check_file(out: Path, n_blocks: int) -> xr.Dataset:
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ds = xr.load_dataset(out, engine="h5netcdf")
-    for name in ("stir_b_given_a", "stir_a_given_b", "cka", "within_a", "within_b"):
+    for name in ("flow", "flow_reverse", "cka", "within_ref", "within_eval"):
         assert ds[name].dims == ("layer_ref", "layer_eval") and ds[name].shape == (n_blocks, n_blocks)
         values = ds[name].values
         assert np.all(np.isfinite(values)) and np.all(values >= 0) and np.all(values <= 1 + 1e-9), name
-    for name in ("stir_b_given_a", "stir_a_given_b", "cka"):
-        np.testing.assert_array_equal(ds[f"{name}_diag"].values, np.diag(ds[name].values))
-    np.testing.assert_allclose(ds["forgetting"].values, 1 - ds["stir_b_given_a_diag"].values)
-    np.testing.assert_allclose(ds["learning"].values, 1 - ds["stir_a_given_b_diag"].values)
+    np.testing.assert_allclose(ds["forgetting"].values, 1 - np.diag(ds["flow"].values))
+    np.testing.assert_allclose(ds["learning"].values, 1 - np.diag(ds["flow_reverse"].values))
     assert np.all(ds["inversion_loss_a"].values < ds["inversion_start_loss_a"].values)
     assert np.all(ds["inversion_loss_b"].values < ds["inversion_start_loss_b"].values)
     assert ds.sizes["layer"] == n_blocks
@@ -79,7 +77,8 @@ def test_compare_two_checkpoints_matches_the_library(inputs, tmp_path):
     proc = run_cli("compare", "--model-a", str(inputs / "model0.pt"), "--model-b", str(inputs / "model1.pt"),
                    "--images", str(inputs / "test.h5"), "--n-images", "16", "--image-seed", "3",
                    "--steps", "12", "--seed", "5", "--chunk-size", "20", "--out", str(out))
-    assert "inverting A" in proc.stderr and "wrote" in proc.stderr  # progress bar and summary
+    assert "inverting A and B" in proc.stderr and "wrote" in proc.stderr  # progress bar and summary
+    assert "loss A" in proc.stderr  # the summary reports the inversions' final losses
     ds = check_file(out, 3)
     assert list(ds["layer_ref"].values) == [1, 2, 3]
     assert ds.attrs["steps"] == 12 and ds.attrs["seed"] == 5 and ds.attrs["representation"] == "tokens"
@@ -92,8 +91,8 @@ def test_compare_two_checkpoints_matches_the_library(inputs, tmp_path):
     a, b = (prepare_for_inversion(load_checkpoint(inputs / f"model{s}.pt")) for s in (0, 1))
     inv = [{k: r.images for k, r in invert_blocks(m, x, [1, 2, 3], steps=12, seed=5).items()} for m in (a, b)]
     scores = pair_scores(a, b, x, inv[0], inv[1])
-    np.testing.assert_allclose(ds["stir_b_given_a"].values, scores["flow"], atol=1e-5)
-    np.testing.assert_allclose(ds["stir_a_given_b"].values, scores["flow_reverse"], atol=1e-5)
+    np.testing.assert_allclose(ds["flow"].values, scores["flow"], atol=1e-5)
+    np.testing.assert_allclose(ds["flow_reverse"].values, scores["flow_reverse"], atol=1e-5)
     np.testing.assert_allclose(ds["cka"].values, scores["cka"], atol=1e-9)
 
 
@@ -117,8 +116,8 @@ def test_compare_a_model_with_itself_is_symmetric(inputs, tmp_path):
                  "--n-images", "8", "--steps", "6", "--blocks", "2,3", "--threads", "1", "--quiet",
                  "--out", str(out)]) == 0
     ds = check_file(out, 2)
-    np.testing.assert_allclose(ds["stir_b_given_a"].values, ds["stir_a_given_b"].values)
-    np.testing.assert_allclose(ds["cka_diag"].values, 1.0, atol=1e-9)
+    np.testing.assert_allclose(ds["flow"].values, ds["flow_reverse"].values)
+    np.testing.assert_allclose(np.diag(ds["cka"].values), 1.0, atol=1e-9)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -139,3 +138,50 @@ def test_compare_errors_are_clear(inputs, tmp_path, capsys, change, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.nc").exists()
+
+
+def test_compare_convergence_check_reports_how_far_the_measures_move(inputs, tmp_path):
+    out = tmp_path / "check.nc"
+    proc = run_cli("compare", "--model-a", str(inputs / "model0.pt"), "--model-b", str(inputs / "model1.pt"),
+                   "--images", str(inputs / "test.h5"), "--n-images", "8", "--steps", "3", "--check-steps", "30",
+                   "--blocks", "1,3", "--out", str(out))
+    assert "convergence check with 30 steps: largest |Δ|" in proc.stderr
+    ds = check_file(out, 2)
+    assert ds.attrs["check_steps"] == 30
+    for name in ("learning", "forgetting"):
+        np.testing.assert_allclose(ds[f"convergence_delta_{name}"].values,
+                                   np.abs(ds[f"{name}_check"].values - ds[name].values))
+    # 3 steps from noise are far from converged: the check sees it
+    assert float(ds["convergence_delta_forgetting"].max()) > 0.01
+    # the loss curve: one entry per logged step... none here (log_every 0), the final losses are kept
+    assert np.all(ds["inversion_worst_loss_a"].values >= ds["inversion_loss_a"].values)
+
+
+def test_compare_heatmap_has_the_pipelines_orientation(inputs, tmp_path):
+    """Row i of every matrix is drawn from the bottom up, in the CLI's heatmap as in the pipeline's
+    flow matrices: an asymmetric matrix comes back from the Axes unchanged and with origin 'lower'."""
+    import matplotlib.pyplot as plt
+    import xarray as xr
+
+    from stirflow.cli import heatmap_figure
+    from stirflow.plots import flow_matrices
+
+    blocks = [1, 2, 3]
+    flow = np.array([[0.9, 0.1, 0.2], [0.3, 0.8, 0.4], [0.5, 0.6, 0.7]])
+    pair = ("layer_ref", "layer_eval")
+    ds = xr.Dataset({"flow": (pair, flow), "flow_reverse": (pair, flow.T), "cka": (pair, flow * 0.5)},
+                    coords={"layer_ref": blocks, "layer_eval": blocks})
+    fig = heatmap_figure(ds)
+    image = fig.axes[0].images[0]
+    np.testing.assert_array_equal(np.asarray(image.get_array()), flow)
+    assert image.origin == "lower"
+    plt.close(fig)
+    summary = ds.expand_dims(run=["r"], epoch=[1]).assign(
+        forgetting=(("run", "epoch", "layer"), np.zeros((1, 1, 3))),
+        target=("run", ["t"]), init=("run", ["pretrained"]), task=("run", ["classification"]))
+    summary = summary.assign_coords(layer=blocks)
+    fig = flow_matrices(summary, {})
+    image = fig.axes[0].images[0]
+    np.testing.assert_array_equal(np.asarray(image.get_array()), flow)
+    assert image.origin == "lower"
+    plt.close(fig)

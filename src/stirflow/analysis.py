@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 MATRICES = ("flow", "flow_reverse", "cka", "within_ref", "within_eval")
+#: summary.nc variable → variable of a stir_scores file (the checkpoint's own inversions are model B's)
+INVERSION_LOSSES = {"inversion_loss": "inversion_loss_b", "inversion_worst_loss": "inversion_worst_loss_b",
+                    "inversion_start_loss": "inversion_start_loss_b"}
 HISTORY_KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "train_l1_error", "test_l1_error", "lr",
                 "train_fraction", "n_train")
 #: +1 where the robustness score is an accuracy (higher is better), −1 where it is an error.
@@ -72,30 +75,51 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_scores(path: str | Path) -> xr.Dataset:
+    """One ``stir_scores`` (or convergence check) file: :func:`stirflow.compare`'s Dataset with ``run`` and
+    ``epoch`` attributes; a missing, truncated or foreign file raises DataFileError naming it."""
+    from .files import DataFileError, read_netcdf
+
+    ds = read_netcdf(path, "STIR scores", required=("forgetting", "learning", "flow"))
+    if "run" not in ds.attrs or "epoch" not in ds.attrs:
+        raise DataFileError(f"{path}: STIR scores without the run and epoch they belong to")
+    return ds
+
+
 def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robustness_files: Sequence[str],
-              history_files: Sequence[str], *, reference_run: str | None = None) -> xr.Dataset:
-    """Gather the per-job HDF5 files into one Dataset (see the module docstring)."""
+              history_files: Sequence[str], *, convergence_files: Sequence[str] = (),
+              convergence: Mapping[str, Any] | None = None, reference_run: str | None = None) -> xr.Dataset:
+    """Gather the per-job files into one Dataset (see the module docstring).
+
+    ``convergence_files`` are the convergence check's scores (``convergence``: its ``factor`` and
+    ``tolerance``); see :func:`convergence_summary`.
+    """
     from .robustness import load_robustness
-    from .invariance import load_scores
 
     names = [r["name"] for r in runs]
     histories = {n: read_history(p) for n, p in zip(names, history_files)}
     epochs = sorted({rec["epoch"] for h in histories.values() for rec in h})
-    stir = [load_scores(p) for p in stir_files]
-    blocks = [int(b) for b in stir[0][0]["blocks"]] if stir else []
+    stir = [read_scores(p) for p in stir_files]
+    blocks = [int(b) for b in stir[0].layer.values] if stir else []
+    steps = [int(t) for t in stir[0].step.values] if stir else []
     rob = [load_robustness(p) for p in robustness_files]
     corruptions = rob[0][1]["corruptions"] if rob else []
     severities = rob[0][1]["severities"] if rob else []
 
     shape_l = (len(names), len(epochs), len(blocks))
-    data = {k: np.full(shape_l, np.nan) for k in ("forgetting", "learning")}
+    data = {k: np.full(shape_l, np.nan) for k in ("forgetting", "learning", *INVERSION_LOSSES)}
     data.update({k: np.full(shape_l + (len(blocks),), np.nan) for k in MATRICES})
-    for (scores, attrs), path in zip(stir, stir_files):
-        r, e = names.index(str(attrs["run"])), epochs.index(int(attrs["epoch"]))
-        if [int(b) for b in scores["blocks"]] != blocks:
-            raise ValueError(f"{path}: covers blocks {list(scores['blocks'])}, other STIR files {blocks}")
+    curves = np.full(shape_l + (len(steps),), np.nan)
+    for scores, path in zip(stir, stir_files):
+        r, e = names.index(str(scores.attrs["run"])), epochs.index(int(scores.attrs["epoch"]))
+        if [int(b) for b in scores.layer.values] != blocks:
+            raise ValueError(f"{path}: covers blocks {list(scores.layer.values)}, other STIR files {blocks}")
+        if [int(t) for t in scores.step.values] != steps:
+            raise ValueError(f"{path}: loss curves at other steps than the other STIR files")
         for key in data:
-            data[key][r, e] = scores[key]
+            # the checkpoint's own inversions (model B of its comparison against epoch 0)
+            data[key][r, e] = scores[INVERSION_LOSSES[key] if key in INVERSION_LOSSES else key].values
+        curves[r, e] = scores["inversion_curve_b"].values
 
     clean = np.full((len(names), len(epochs)), np.nan)
     corrupted = np.full((len(names), len(epochs), len(corruptions), len(severities)), np.nan)
@@ -121,6 +145,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
         "task": ("run", tasks),
     }
     dims_l, dims_m = ("run", "epoch", "layer"), ("run", "epoch", "layer_ref", "layer_eval")
+    coords["step"] = steps
     ds = xr.Dataset(coords=coords)
     ds["forgetting"] = (dims_l, data["forgetting"], {"long_name": "Forgetting", "description": "1 - STIR(f_e,l | p_l)"})
     ds["learning"] = (dims_l, data["learning"], {"long_name": "Learning", "description": "1 - STIR(p_l | f_e,l)"})
@@ -149,10 +174,71 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     for k, v in history.items():
         if not np.isnan(v).all():
             ds[k] = (("run", "epoch"), v)
+    ds["inversion_loss"] = (dims_l, data["inversion_loss"],
+                            {"description": "mean over the images of the inversions' final (best) relative loss "
+                                            "||f_e,l(X') - f_e,l(X)|| / ||f_e,l(X)||"})
+    ds["inversion_worst_loss"] = (dims_l, data["inversion_worst_loss"],
+                                  {"description": "largest final relative loss over the images"})
+    ds["inversion_start_loss"] = (dims_l, data["inversion_start_loss"],
+                                  {"description": "mean relative loss at the start (noise)"})
+    ds["inversion_curve"] = (dims_l + ("step",), curves,
+                             {"description": "mean best relative loss of the inversions at each logged step"})
+    if convergence_files:
+        checked = convergence_summary(ds, [read_scores(p) for p in convergence_files], **dict(convergence or {}))
+        ds = ds.merge(checked)
+        ds.attrs.update(checked.attrs)
     if reference_run is not None:
         ds["relative_corruption_error"] = relative_error(ds, reference_run, per_corruption=True)
         ds["relative_error"] = relative_error(ds, reference_run)
     return ds
+
+
+def convergence_summary(ds: xr.Dataset, checks: Sequence[xr.Dataset], *, factor: int = 4,
+                        tolerance: float = 0.01) -> xr.Dataset:
+    """The convergence check: learning and forgetting from inversions with ``factor`` × the steps
+    (``checks``, one per checked run × epoch) against the measured values in ``ds``.
+
+    Variables ``learning_check``, ``forgetting_check`` and ``convergence_delta_learning`` /
+    ``convergence_delta_forgetting`` (|check − measured|), dims (run, epoch, layer), NaN where not
+    checked; ``converged`` (run, epoch, layer): 1 where both deltas are within ``tolerance``, 0 where
+    not, NaN where not checked. Attributes: the factor, the tolerance and the largest delta.
+    """
+    shape = (ds.sizes["run"], ds.sizes["epoch"], ds.sizes["layer"])
+    values = {k: np.full(shape, np.nan) for k in ("learning_check", "forgetting_check")}
+    runs, epochs, layers = list(ds.run.values), list(ds.epoch.values), list(ds.layer.values)
+    for check in checks:
+        r, e = runs.index(str(check.attrs["run"])), epochs.index(int(check.attrs["epoch"]))
+        for layer in check.layer.values:
+            for name in ("learning", "forgetting"):
+                values[f"{name}_check"][r, e, layers.index(int(layer))] = float(check[name].sel(layer=layer))
+    out = xr.Dataset(coords={"run": ds.run, "epoch": ds.epoch, "layer": ds.layer})
+    dims = ("run", "epoch", "layer")
+    for name in ("learning", "forgetting"):
+        out[f"{name}_check"] = (dims, values[f"{name}_check"],
+                                {"description": f"{name} from inversions with {factor}x the steps (convergence check)"})
+        out[f"convergence_delta_{name}"] = np.abs(out[f"{name}_check"] - ds[name])
+        out[f"convergence_delta_{name}"].attrs["description"] = f"|{name} with {factor}x the steps - {name}|"
+    worst = np.fmax(out["convergence_delta_learning"], out["convergence_delta_forgetting"])
+    out["converged"] = xr.where(np.isfinite(worst), (worst <= tolerance).astype(float), np.nan)
+    out["converged"].attrs["description"] = (f"1 where learning and forgetting move by at most {tolerance} with "
+                                             f"{factor}x the steps, 0 where they move more, NaN where not checked")
+    largest = float(np.nanmax(worst.values)) if np.isfinite(worst.values).any() else np.nan
+    out.attrs.update(convergence_factor=int(factor), convergence_tolerance=float(tolerance),
+                     convergence_largest_delta=largest)
+    return out
+
+
+def unconverged(ds: xr.Dataset) -> list[str]:
+    """Plain-words list of the checked (run, epoch, layer) whose measurement is not converged."""
+    if "converged" not in ds:
+        return []
+    bad = ds["converged"].where(ds["converged"] == 0).to_dataframe().dropna().reset_index()
+    out = []
+    for row in bad.itertuples():
+        dl = float(ds["convergence_delta_learning"].sel(run=row.run, epoch=row.epoch, layer=row.layer))
+        df = float(ds["convergence_delta_forgetting"].sel(run=row.run, epoch=row.epoch, layer=row.layer))
+        out.append(f"{row.run} epoch {row.epoch} block {row.layer}: |Δ learning| {dl:.4f}, |Δ forgetting| {df:.4f}")
+    return out
 
 
 def direction(ds: xr.Dataset) -> xr.DataArray:

@@ -1,15 +1,16 @@
 """The ``stirflow`` command line.
 
 ``stirflow compare`` measures shared invariance between two models, A and B, the way the pipeline
-does (DESIGN §2): each model's blocks are inverted once, batched (:func:`~stirflow.inversion.invert_blocks`),
-and every score is a forward pass over those inversions (:func:`~stirflow.invariance.pair_scores`).
-It writes one NetCDF file holding
+does (DESIGN §2), with :func:`stirflow.compare`: each model's blocks are inverted once, batched,
+and every score is a forward pass over those inversions. It writes :func:`stirflow.compare`'s
+Dataset to one NetCDF file:
 
-* ``stir_b_given_a[i, j]`` = STIR(B_j | A_i): X' inverted through A's block i, scored at B's block j;
-* ``stir_a_given_b[i, j]`` = STIR(A_j | B_i): X' inverted through B's block i, scored at A's block j;
+* ``flow[i, j]`` = STIR(B_j | A_i): X' inverted through A's block i, scored at B's block j;
+* ``flow_reverse[i, j]`` = STIR(A_j | B_i): X' inverted through B's block i, scored at A's block j;
 * ``cka[i, j]`` = CKA(A_i(X), B_j(X));
-* their diagonals, ``forgetting`` / ``learning`` (read A as the model before finetuning), the
-  within-model matrices and the inversions' relative losses;
+* ``forgetting`` / ``learning`` (read A as the model before finetuning), the within-model matrices
+  ``within_ref`` (A) and ``within_eval`` (B), the inversions' losses and loss curves, and with
+  ``--check-steps`` the convergence check;
 
 and a PNG of the three matrices on one 0–1 colour scale next to it::
 
@@ -152,33 +153,20 @@ def parse_blocks(text: str, depth: int) -> list[int]:
 
 # --------------------------------------------------------------------------- the comparison
 
-def _invert_all(model, x: torch.Tensor, blocks: list[int], args: argparse.Namespace, name: str,
-                device: torch.device) -> dict[int, Any]:
-    """``invert_blocks`` over every block of one model, with a progress bar over its steps."""
-    from tqdm import tqdm
-
-    from .inversion import invert_blocks
-
-    chunk = args.chunk_size or len(x) * len(blocks)
-    passes = math.ceil(len(x) * len(blocks) / chunk)
-    with tqdm(total=passes * args.steps, desc=f"inverting {name} ({len(blocks)} blocks)", unit="step",
-              disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as bar, \
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-        return invert_blocks(model, x, blocks, steps=args.steps, step_size=args.step_size, seed=args.seed,
-                             start=args.start, representation=args.representation, norm_p=args.norm_p,
-                             chunk_size=args.chunk_size or None, progress=bar.update)
-
-
 def compare(args: argparse.Namespace) -> Path:
     """Run ``stirflow compare``; returns the NetCDF path (the PNG has the same stem)."""
+    from tqdm import tqdm
+
+    from .comparison import compare as compare_models
     from .files import atomic_path
     from .models import prepare_for_inversion
-    from .invariance import pair_scores
     from .workflow import pick_device
 
     out = Path(args.out)
     if out.suffix.lower() not in (".nc", ".nc4", ".h5"):
         raise CompareError(f"--out: {out} should end in .nc")
+    if args.check_steps and args.check_steps <= args.steps:
+        raise CompareError(f"--check-steps: {args.check_steps} must exceed --steps ({args.steps})")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -187,30 +175,29 @@ def compare(args: argparse.Namespace) -> Path:
         raise CompareError(f"--device: {err}") from err
     model_a, info_a = load_model(args.model_a, args.weights_a, args.img_size, device, "--model-a", args.seed)
     model_b, info_b = load_model(args.model_b, args.weights_b, args.img_size, device, "--model-b", args.seed)
-    depth = min(model_a.depth, model_b.depth)
-    blocks = parse_blocks(args.blocks, depth)
+    blocks = parse_blocks(args.blocks, min(model_a.depth, model_b.depth))
     size = max(*model_a.img_size, *model_b.img_size)
     x, index, image_info = load_images(args.images, args.n_images or None, args.image_seed, size)
-    x = x.to(device)
     similarity_options = {"kind": args.similarity, "debiased": args.debiased, "batch_size": args.cka_batch_size}
     if args.similarity == "minibatch" and not args.cka_batch_size:
         raise CompareError("--similarity minibatch needs --cka-batch-size")
-
     for model in (model_a, model_b):
         prepare_for_inversion(model, compile=args.compile)
-    start = time.perf_counter()
-    inv_a = _invert_all(model_a, x, blocks, args, "A", device)
-    inv_b = _invert_all(model_b, x, blocks, args, "B", device)
-    inversion_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    scores = pair_scores(model_a, model_b, x, {b: r.images for b, r in inv_a.items()},
-                         {b: r.images for b, r in inv_b.items()}, representation=args.representation,
-                         similarity_options=similarity_options)
-    scoring_seconds = time.perf_counter() - start
 
-    ds = _dataset(scores, blocks, index, inv_a, inv_b)
-    ds.attrs.update(_settings(args, info_a, info_b, image_info, blocks, device, similarity_options,
-                              inversion_seconds, scoring_seconds))
+    chunk = args.chunk_size or len(x) * len(blocks)
+    passes = math.ceil(len(x) * len(blocks) / chunk)
+    total = 2 * passes * (args.steps + (args.check_steps or 0))
+    start = time.perf_counter()
+    with tqdm(total=total, desc=f"inverting A and B ({len(blocks)} blocks)", unit="step", disable=args.quiet,
+              file=sys.stderr, dynamic_ncols=True) as bar, \
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        ds = compare_models(model_a, model_b, x.to(device), blocks=blocks, steps=args.steps, step_size=args.step_size,
+                            step_schedule=args.step_schedule, final_step_size=args.final_step_size, seed=args.seed,
+                            start=args.start, representation=args.representation, norm_p=args.norm_p,
+                            similarity=similarity_options, chunk_size=args.chunk_size or None,
+                            check_steps=args.check_steps or None, progress=bar.update)
+    ds["image_index"].values[:] = index
+    ds.attrs.update(_settings(args, info_a, info_b, image_info, device, time.perf_counter() - start))
     with atomic_path(out) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf")
     draw_heatmaps(ds, out.with_suffix(".png"))
@@ -219,43 +206,9 @@ def compare(args: argparse.Namespace) -> Path:
     return out
 
 
-def _dataset(scores: dict[str, np.ndarray], blocks: list[int], index: np.ndarray, inv_a: dict, inv_b: dict):
-    """The scores as an xarray Dataset with dims ``layer_ref``, ``layer_eval``, ``layer`` and ``image``."""
-    import xarray as xr
-
-    pair = ("layer_ref", "layer_eval")
-
-    def losses(inv: dict, key: str) -> np.ndarray:
-        return np.array([float(getattr(inv[b], key).double().mean()) for b in blocks])
-
-    variables = {
-        "stir_b_given_a": (pair, scores["flow"], "STIR(B_j | A_i): X' inverted through A's block i (layer_ref), "
-                                                 "CKA at B's block j (layer_eval)"),
-        "stir_a_given_b": (pair, scores["flow_reverse"], "STIR(A_j | B_i): X' inverted through B's block i "
-                                                         "(layer_ref), CKA at A's block j (layer_eval)"),
-        "cka": (pair, scores["cka"], "CKA(A_i(X), B_j(X)): A's block i (layer_ref), B's block j (layer_eval)"),
-        "within_a": (pair, scores["within_ref"], "STIR(A_j | A_i)"),
-        "within_b": (pair, scores["within_eval"], "STIR(B_j | B_i)"),
-        "stir_b_given_a_diag": (("layer",), np.diag(scores["flow"]), "STIR(B_l | A_l)"),
-        "stir_a_given_b_diag": (("layer",), np.diag(scores["flow_reverse"]), "STIR(A_l | B_l)"),
-        "cka_diag": (("layer",), np.diag(scores["cka"]), "CKA(A_l(X), B_l(X))"),
-        "forgetting": (("layer",), scores["forgetting"], "1 - STIR(B_l | A_l): A's invariances that B lacks"),
-        "learning": (("layer",), scores["learning"], "1 - STIR(A_l | B_l): B's invariances that A lacks"),
-        "inversion_loss_a": (("layer",), losses(inv_a, "losses"), "mean best relative loss of the inversions through A"),
-        "inversion_loss_b": (("layer",), losses(inv_b, "losses"), "mean best relative loss of the inversions through B"),
-        "inversion_start_loss_a": (("layer",), losses(inv_a, "start_losses"), "mean relative loss at the start (A)"),
-        "inversion_start_loss_b": (("layer",), losses(inv_b, "start_losses"), "mean relative loss at the start (B)"),
-        "image_index": (("image",), index.astype(np.int64), "indices of the compared images in the image set"),
-    }
-    coords = {"layer_ref": blocks, "layer_eval": blocks, "layer": blocks}
-    return xr.Dataset({name: xr.Variable(dims, np.asarray(values), {"description": text})
-                       for name, (dims, values, text) in variables.items()}, coords=coords)
-
-
-def _settings(args: argparse.Namespace, info_a: dict, info_b: dict, image_info: dict, blocks: list[int],
-              device: torch.device, similarity_options: dict, inversion_seconds: float,
-              scoring_seconds: float) -> dict[str, Any]:
-    """NetCDF attributes: everything needed to reproduce the file (strings and numbers only)."""
+def _settings(args: argparse.Namespace, info_a: dict, info_b: dict, image_info: dict, device: torch.device,
+              seconds: float) -> dict[str, Any]:
+    """NetCDF attributes beside :func:`stirflow.compare`'s own: where the models and images came from."""
     import timm
 
     from . import __version__
@@ -265,53 +218,56 @@ def _settings(args: argparse.Namespace, info_a: dict, info_b: dict, image_info: 
         "model_a": args.model_a, "model_b": args.model_b,
         "model_a_info": json.dumps(info_a), "model_b_info": json.dumps(info_b),
         "images": args.images, "images_info": json.dumps(image_info),
-        "n_images": int(args.n_images) if args.n_images else "all", "image_seed": args.image_seed,
-        "blocks": json.dumps(blocks), "steps": args.steps, "step_size": args.step_size, "start": args.start,
-        "representation": args.representation, "norm_p": float(args.norm_p), "seed": args.seed,
-        "similarity": json.dumps(similarity_options), "device": str(device),
-        "chunk_size": args.chunk_size, "bf16": int(args.bf16), "compile": int(args.compile),
-        "inversion_seconds": round(inversion_seconds, 3), "scoring_seconds": round(scoring_seconds, 3),
+        "image_seed": args.image_seed, "device": str(device), "chunk_size": args.chunk_size,
+        "bf16": int(args.bf16), "compile": int(args.compile), "seconds": round(seconds, 3),
         "stirflow_version": str(__version__), "torch_version": str(torch.__version__),
         "timm_version": str(timm.__version__),
     }
 
 
-def draw_heatmaps(ds, path: Path) -> Path:
-    """STIR(B | A), STIR(A | B) and CKA(A, B) side by side on one 0–1 colour scale."""
-    import matplotlib
+def heatmap_figure(ds):
+    """STIR(B | A), STIR(A | B) and CKA(A, B) side by side on one 0–1 colour scale, oriented as the
+    pipeline's flow matrices (:func:`stirflow.plots.matrix_figure`: row i from the bottom up)."""
+    from .plots import matrix_figure
 
-    matplotlib.use("Agg")
+    panels = [("flow", "STIR(B | A)", "A block i (inverted)", "B block j"),
+              ("flow_reverse", "STIR(A | B)", "B block i (inverted)", "A block j"),
+              ("cka", "CKA(A, B)", "A block i", "B block j")]
+    return matrix_figure([ds[name].values for name, *_ in panels], [int(b) for b in ds["layer_ref"].values],
+                         titles=[p[1] for p in panels], ylabels=[p[2] for p in panels],
+                         xlabels=[p[3] for p in panels],
+                         suptitle=f"A = {ds.attrs.get('model_a', 'A')}   B = {ds.attrs.get('model_b', 'B')}")
+
+
+def draw_heatmaps(ds, path: Path) -> Path:
+    """:func:`heatmap_figure` as a PNG at ``path``."""
     import matplotlib.pyplot as plt
 
-    panels = [("stir_b_given_a", "STIR(B | A)", "A block (inverted)", "B block"),
-              ("stir_a_given_b", "STIR(A | B)", "B block (inverted)", "A block"),
-              ("cka", "CKA(A, B)", "A block", "B block")]
-    blocks = [int(b) for b in ds["layer_ref"].values]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), constrained_layout=True)
-    for ax, (name, title, ylabel, xlabel) in zip(axes, panels):
-        values = ds[name].values
-        image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper")
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        step = max(1, len(blocks) // 12)  # keep tick labels readable for deep models
-        ax.set_xticks(range(0, len(blocks), step), [str(b) for b in blocks[::step]])
-        ax.set_yticks(range(0, len(blocks), step), [str(b) for b in blocks[::step]])
-        if len(blocks) <= 8:
-            for (i, j), v in np.ndenumerate(values):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
-    fig.colorbar(image, ax=list(axes), shrink=0.85, label="similarity (0–1)")
-    fig.suptitle(f"A = {ds.attrs.get('model_a', 'A')}   B = {ds.attrs.get('model_b', 'B')}", fontsize=9)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig = heatmap_figure(ds)
+    try:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
 def _summary(ds, out: Path) -> str:
-    rows = [f"{'block':>5} {'STIR(B|A)':>10} {'STIR(A|B)':>10} {'CKA':>7}"]
+    """A table per block: both STIR directions, CKA, the inversions' final losses and, with
+    --check-steps, how far learning and forgetting moved."""
+    check = "convergence_delta_learning" in ds
+    head = f"{'block':>5} {'STIR(B|A)':>10} {'STIR(A|B)':>10} {'CKA':>7} {'loss A':>8} {'loss B':>8}"
+    rows = [head + (f" {'|Δ learn|':>10} {'|Δ forget|':>10}" if check else "")]
     for k, b in enumerate(ds["layer"].values):
-        rows.append(f"{int(b):>5} {ds['stir_b_given_a_diag'].values[k]:>10.4f} "
-                    f"{ds['stir_a_given_b_diag'].values[k]:>10.4f} {ds['cka_diag'].values[k]:>7.4f}")
+        row = (f"{int(b):>5} {1 - ds['forgetting'].values[k]:>10.4f} {1 - ds['learning'].values[k]:>10.4f} "
+               f"{ds['cka'].values[k, k]:>7.4f} {ds['inversion_loss_a'].values[k]:>8.4f} "
+               f"{ds['inversion_loss_b'].values[k]:>8.4f}")
+        if check:
+            row += (f" {ds['convergence_delta_learning'].values[k]:>10.4f}"
+                    f" {ds['convergence_delta_forgetting'].values[k]:>10.4f}")
+        rows.append(row)
+    if check:
+        worst = float(max(ds["convergence_delta_learning"].max(), ds["convergence_delta_forgetting"].max()))
+        rows.append(f"convergence check with {ds.attrs['check_steps']} steps: largest |Δ| {worst:.4f}")
     return "\n".join(rows + [f"wrote {out} and {out.with_suffix('.png')}"])
 
 
@@ -326,7 +282,7 @@ def _positive_or_zero(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .cka import SIMILARITY_KINDS
-    from .inversion import START_TYPES
+    from .inversion import START_TYPES, STEP_SCHEDULES
     from .models import REPRESENTATIONS
 
     parser = argparse.ArgumentParser(prog="stirflow", description="stirflow: invariances of vision transformers.")
@@ -349,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--blocks", default="all", help="'all', '1,2,3' or '1-6' (default all)")
     inv.add_argument("--steps", type=_positive_or_zero, default=100, help="inversion steps (default 100)")
     inv.add_argument("--step-size", type=float, default=0.5, help="normalised step size η (default 0.5)")
+    inv.add_argument("--step-schedule", choices=STEP_SCHEDULES, default="constant",
+                     help="η over the steps: constant (the reference) or lowered to --final-step-size (default constant)")
+    inv.add_argument("--final-step-size", type=float, help="last η under a schedule (default: step size / 100)")
+    inv.add_argument("--check-steps", type=_positive_or_zero, default=0,
+                     help="convergence check: also invert with this many steps and report how far learning and "
+                          "forgetting move (default: no check)")
     inv.add_argument("--start", choices=START_TYPES, default="noise", help="inversion start (default noise)")
     inv.add_argument("--seed", type=int, default=0, help="seed of the inversion start (default 0)")
     inv.add_argument("--representation", choices=REPRESENTATIONS, default="tokens",

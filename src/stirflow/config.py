@@ -36,6 +36,9 @@ __all__ = [
     "needs_pretraining",
     "vit_arguments",
     "check_weights_file",
+    "convergence_sample",
+    "convergence_blocks",
+    "convergence_steps",
 ]
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
@@ -203,6 +206,7 @@ def _check_references(config: dict[str, Any]) -> None:
     bad = [c for c in config["robustness"]["corruptions"] if c not in CORRUPTIONS]
     if bad:
         problems.append(f"robustness.corruptions: unknown {bad} (known: {', '.join(CORRUPTIONS)})")
+    problems += _check_convergence(config, names, depth)
     ref = config["robustness"]["reference_run"]
     if ref is not None and ref not in names:
         problems.append(f"robustness.reference_run: no run named {ref!r} (runs: {', '.join(names)})")
@@ -418,6 +422,28 @@ def check_weights_file(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"invalid configuration:\n  pretrain.weights.file: {shown}") from None
 
 
+def _check_convergence(config: Mapping[str, Any], names: list[str], depth: int | None) -> list[str]:
+    conv = config["convergence"]
+    if not conv["check"]:
+        return []
+    problems = []
+    if conv["runs"] != "all":
+        unknown = [r for r in conv["runs"] if r not in names]
+        if unknown:
+            problems.append(f"convergence.runs: no runs named {unknown} (runs: {', '.join(names)})")
+    if conv["epochs"] != "last":
+        scored = stir_epochs(config)
+        bad = [e for e in conv["epochs"] if e not in scored]
+        if bad:
+            problems.append(f"convergence.epochs: {bad} are not scored with STIR (stir.epochs gives {scored})")
+    if conv["blocks"] != "all" and depth is not None:
+        chosen = stir_blocks(config)
+        bad = [b for b in conv["blocks"] if b not in chosen]
+        if bad:
+            problems.append(f"convergence.blocks: {bad} are not among the STIR blocks {chosen}")
+    return problems
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file and validate it."""
     with open(path) as f:
@@ -498,6 +524,25 @@ def uses_pretrained_init(config: Mapping[str, Any]) -> bool:
 def needs_pretraining(config: Mapping[str, Any]) -> bool:
     """Whether the DAG has a pretraining job: some run starts pretrained and no weights replace pretraining."""
     return config["pretrain"]["weights"] is None and uses_pretrained_init(config)
+
+
+def convergence_sample(config: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The (run, epoch) pairs the convergence check scores again (none when it is off)."""
+    conv = config["convergence"]
+    if not conv["check"]:
+        return []
+    runs = run_names(config) if conv["runs"] == "all" else list(conv["runs"])
+    epochs = [int(config["finetune"]["epochs"])] if conv["epochs"] == "last" else sorted(conv["epochs"])
+    return [(r, e) for r in runs for e in epochs]
+
+
+def convergence_blocks(config: Mapping[str, Any]) -> list[int]:
+    blocks = config["convergence"]["blocks"]
+    return stir_blocks(config) if blocks == "all" else sorted(blocks)
+
+
+def convergence_steps(config: Mapping[str, Any]) -> int:
+    return int(config["stir"]["steps"]) * int(config["convergence"]["factor"])
 
 
 def model_spec(config: Mapping[str, Any], task: str, num_classes: int) -> dict[str, Any]:

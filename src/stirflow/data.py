@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from .files import atomic_path
+from .files import DataFileError, atomic_path
 
 __all__ = [
     "ImageSet",
@@ -35,10 +35,6 @@ __all__ = [
     "make_digits",
     "DataFileError",
 ]
-
-
-class DataFileError(RuntimeError):
-    """An input data file is missing, truncated or not in the expected format."""
 
 
 class ImageSet:

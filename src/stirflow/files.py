@@ -12,7 +12,11 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path"]
+__all__ = ["DataFileError", "atomic_path", "read_netcdf"]
+
+
+class DataFileError(RuntimeError):
+    """An input data file is missing, truncated or not in the expected format."""
 
 
 @contextlib.contextmanager
@@ -34,3 +38,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_netcdf(path: str | os.PathLike, what: str, required: tuple[str, ...] = ()):
+    """The :class:`xarray.Dataset` in ``path``, loaded; a missing, truncated or foreign file (one that
+    lacks a ``required`` variable) raises :class:`DataFileError` naming it and ``what`` it should hold."""
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            ds = ds.load()
+    except (OSError, ValueError) as err:  # h5py's message for a truncated file does not name it
+        raise DataFileError(f"{path}: cannot read {what} ({err})") from err
+    missing = [k for k in required if k not in ds.variables]
+    if missing:
+        raise DataFileError(f"{path}: not a file of {what} (no {', '.join(missing)})")
+    return ds

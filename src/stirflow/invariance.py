@@ -23,7 +23,7 @@ import torch
 from .cka import similarity
 from .inversion import _eval_mode, _module_of, invert
 
-__all__ = ["stir", "block_features", "stir_matrix", "cka_matrix", "pair_scores", "save_scores", "load_scores"]
+__all__ = ["stir", "block_features", "stir_matrix", "cka_matrix", "pair_scores"]
 
 
 def stir(fn_ref: Callable[[torch.Tensor], torch.Tensor], fn_eval: Callable[[torch.Tensor], torch.Tensor],
@@ -104,30 +104,3 @@ def pair_scores(model_ref, model_eval, x: torch.Tensor, inverted_ref: Mapping[in
         "within_ref": stir_matrix(model_ref, x, inv_ref, blocks, features_x=fx_ref, **kw),
         "within_eval": stir_matrix(model_eval, x, inv_eval, blocks, features_x=fx_eval, **kw),
     }
-
-
-def save_scores(path, scores: Mapping[str, np.ndarray], blocks: Sequence[int], **attrs) -> None:
-    """Write :func:`pair_scores`' arrays to HDF5 (atomically), with ``blocks`` and the settings as attributes."""
-    import h5py
-
-    from .files import atomic_path
-
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("blocks", data=np.asarray(blocks, dtype=np.int64))
-        for key, value in scores.items():
-            f.create_dataset(key, data=np.asarray(value, dtype=np.float64))
-        for key, value in attrs.items():
-            f.attrs[key] = value
-
-
-def load_scores(path) -> tuple[dict[str, np.ndarray], dict]:
-    """``({name: array}, attrs)`` from a file written by :func:`save_scores`."""
-    import h5py
-
-    from .data import DataFileError
-
-    try:
-        with h5py.File(path, "r") as f:
-            return {k: f[k][...] for k in f.keys()}, dict(f.attrs)
-    except OSError as err:
-        raise DataFileError(f"{path}: cannot read STIR scores ({err})") from err

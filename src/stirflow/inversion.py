@@ -5,6 +5,17 @@ minimise the relative L2 distance ``‖a(X') − a(X)‖ / ‖a(X)‖`` per samp
 per-sample normalised gradient steps ``x ← clamp(x − η·g/‖g‖₂, 0, 1)``, and keep each sample's
 lowest-loss iterate. Only the input receives gradients; the model stays in eval mode.
 
+Step sizes. The reference keeps η fixed, so each iterate moves by η in image space whatever its
+distance to a minimum: the best iterate settles slowly, to within about η. ``step_schedule``
+``cosine`` or ``geometric`` lowers η from ``step_size`` to ``final_step_size`` over the steps
+(:func:`step_sizes`), which reaches the same minimum in fewer steps (``benchmarks/inversion_convergence.py``
+measures how many). ``constant`` is the reference, and the default.
+
+Convergence. A number from an unconverged inversion measures the optimiser, not the model. Every
+inversion records its loss curve (each sample's best loss every ``log_every`` steps); the
+pipeline's convergence check reruns a sample of inversions with k× the steps and reports how much
+learning and forgetting move (:mod:`stirflow.invariance`, DESIGN §2).
+
 Samples never interact (ViTs have no batch statistics), so a batch can be split into chunks, and
 inversions through different blocks of one model can share a pass (:func:`invert_blocks`).
 """
@@ -21,6 +32,8 @@ import torch
 
 __all__ = [
     "START_TYPES",
+    "STEP_SCHEDULES",
+    "step_sizes",
     "InversionResult",
     "NonFiniteLossError",
     "inversion_start",
@@ -36,6 +49,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 START_TYPES = ("noise", "shared_noise", "uniform", "black", "white")
+STEP_SCHEDULES = ("constant", "cosine", "geometric")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -44,12 +58,40 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class InversionResult:
-    """Inverted images (N, C, H, W) in [0, 1]; best and starting relative loss per sample (N,)."""
+    """Inverted images (N, C, H, W) in [0, 1]; best and starting relative loss per sample (N,).
+
+    ``curve`` (T, N): each sample's best loss so far at the steps ``curve_steps`` (T,), every
+    ``log_every`` steps and the last one (T = 0 when ``log_every`` is 0).
+    """
 
     images: torch.Tensor
     losses: torch.Tensor
     start_losses: torch.Tensor
-    history: list[float] = field(default_factory=list)  # mean best loss every ``log_every`` steps
+    curve: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0))
+    curve_steps: list[int] = field(default_factory=list)
+
+    @property
+    def history(self) -> list[float]:
+        """Mean best loss at each of ``curve_steps``."""
+        return [float(v) for v in self.curve.double().mean(1)] if self.curve.numel() else []
+
+
+def step_sizes(steps: int, step_size: float = 0.5, schedule: str = "constant",
+               final_step_size: float | None = None) -> list[float]:
+    """η for each of the ``steps`` steps: fixed (``constant``, the reference), or lowered from
+    ``step_size`` to ``final_step_size`` (default ``step_size / 100``) along half a cosine
+    (``cosine``) or geometrically (``geometric``); the last step uses ``final_step_size``."""
+    if schedule not in STEP_SCHEDULES:
+        raise ValueError(f"unknown step schedule {schedule!r}; expected one of {STEP_SCHEDULES}")
+    if schedule == "constant" or steps <= 1:
+        return [float(step_size)] * steps
+    final = step_size / 100 if final_step_size is None else float(final_step_size)
+    if not 0 < final <= step_size:
+        raise ValueError(f"final step size {final} must lie in (0, step_size = {step_size}]")
+    fractions = [t / (steps - 1) for t in range(steps)]
+    if schedule == "cosine":
+        return [final + (step_size - final) * 0.5 * (1 + math.cos(math.pi * f)) for f in fractions]
+    return [step_size * (final / step_size) ** f for f in fractions]
 
 
 def inversion_start(x: torch.Tensor, start: str = "noise", seed: int = 0) -> torch.Tensor:
@@ -106,28 +148,30 @@ def _module_of(fn: Callable) -> torch.nn.Module | None:
 
 
 def descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, steps: int,
-            step_size: float = 0.5, log_every: int = 0, label: str = "",
-            progress: Callable[[int], None] | None = None) -> InversionResult:
+            step_size: float = 0.5, step_schedule: str = "constant", final_step_size: float | None = None,
+            log_every: int = 0, label: str = "", progress: Callable[[int], None] | None = None) -> InversionResult:
     """Minimise the per-sample losses ``loss_fn(x) → (N,)`` from ``x0`` (N, C, H, W).
 
-    Each step moves every sample by ``step_size`` along its own normalised negative gradient and
-    clamps to [0, 1]; each sample's lowest-loss iterate is returned. A non-finite loss raises
-    :class:`NonFiniteLossError` naming the step rather than returning garbage. ``progress(1)`` is
-    called after every step (a progress bar's ``update``).
+    Each step moves every sample by η (:func:`step_sizes`) along its own normalised negative
+    gradient and clamps to [0, 1]; each sample's lowest-loss iterate is returned, with its loss
+    curve every ``log_every`` steps. A non-finite loss raises :class:`NonFiniteLossError` naming
+    the step rather than returning garbage. ``progress(1)`` is called after every step (a
+    progress bar's ``update``).
     """
+    etas = step_sizes(steps, step_size, step_schedule, final_step_size)
     with torch.enable_grad():  # a caller's no_grad() must not switch off the input gradient
-        return _descend(loss_fn, x0, steps=steps, step_size=step_size, log_every=log_every, label=label,
-                        progress=progress)
+        return _descend(loss_fn, x0, etas=etas, log_every=log_every, label=label, progress=progress)
 
 
-def _descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, steps: int,
-             step_size: float, log_every: int, label: str,
-             progress: Callable[[int], None] | None) -> InversionResult:
+def _descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, etas: Sequence[float],
+             log_every: int, label: str, progress: Callable[[int], None] | None) -> InversionResult:
+    steps = len(etas)
     x = x0.detach().clone()
     best = x.clamp(0, 1)
     best_loss = torch.full((x.shape[0],), math.inf, device=x.device)
     start_loss = None
-    history: list[float] = []
+    curve: list[torch.Tensor] = []
+    curve_steps: list[int] = []
     view = (-1,) + (1,) * (x.dim() - 1)
     for step in range(steps + 1):
         x.requires_grad_(True)
@@ -143,7 +187,8 @@ def _descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, 
             else:
                 start_loss = loss.detach().clone()
         if log_every and (step % log_every == 0 or step == steps) and step > 0:
-            history.append(float(best_loss.mean()))
+            curve.append(best_loss.detach().clone())  # kept on the device: no host sync per log
+            curve_steps.append(step)
             log.info("%sstep %d/%d  mean loss %.4f  mean best %.4f", label, step, steps,
                      float(loss.detach().mean()), float(best_loss.mean()))
         if step == steps:
@@ -151,17 +196,32 @@ def _descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, 
         (grad,) = torch.autograd.grad(loss.sum(), x)
         with torch.no_grad():
             norm = grad.flatten(1).norm(dim=1).view(view)
-            x = (x - step_size * grad / (norm + 1e-10)).clamp_(0, 1)
+            x = (x - etas[step] * grad / (norm + 1e-10)).clamp_(0, 1)
         if progress is not None:
             progress(1)
     if steps == 0:
         best_loss = start_loss
-    return InversionResult(best.detach(), best_loss.detach(), start_loss, history)
+    stacked = torch.stack(curve) if curve else torch.empty(0, x.shape[0], device=x.device)
+    return InversionResult(best.detach(), best_loss.detach(), start_loss, stacked, curve_steps)
+
+
+def _concat(parts: Sequence[InversionResult]) -> InversionResult:
+    """The inversions of consecutive chunks of samples as one result (samples in order)."""
+    return InversionResult(torch.cat([r.images for r in parts]), torch.cat([r.losses for r in parts]),
+                           torch.cat([r.start_losses for r in parts]), torch.cat([r.curve for r in parts], dim=1),
+                           parts[0].curve_steps)
+
+
+def _samples(result: InversionResult, sl: slice) -> InversionResult:
+    """The inversions of samples ``sl`` of ``result``."""
+    return InversionResult(result.images[sl], result.losses[sl], result.start_losses[sl], result.curve[:, sl],
+                           result.curve_steps)
 
 
 def invert_fn(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, steps: int, step_size: float = 0.5,
-              seed: int = 0, start: str = "noise", norm_p: float = 2.0, batch_size: int | None = None,
-              log_every: int = 0, label: str = "", progress: Callable[[int], None] | None = None) -> InversionResult:
+              step_schedule: str = "constant", final_step_size: float | None = None, seed: int = 0,
+              start: str = "noise", norm_p: float = 2.0, batch_size: int | None = None, log_every: int = 0,
+              label: str = "", progress: Callable[[int], None] | None = None) -> InversionResult:
     """Invert ``fn`` at images ``x`` (N, C, H, W in [0, 1]), in chunks of ``batch_size`` images.
 
     The start is drawn for the whole set before chunking, so results do not depend on the chunk size.
@@ -177,23 +237,25 @@ def invert_fn(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, st
             with torch.no_grad():
                 target = fn(xs).detach()
             parts.append(descend(lambda z: relative_loss(fn(z), target, norm_p), x0[lo:lo + batch_size],
-                                 steps=steps, step_size=step_size, log_every=log_every, label=label,
+                                 steps=steps, step_size=step_size, step_schedule=step_schedule,
+                                 final_step_size=final_step_size, log_every=log_every, label=label,
                                  progress=progress))
-    return InversionResult(torch.cat([r.images for r in parts]), torch.cat([r.losses for r in parts]),
-                           torch.cat([r.start_losses for r in parts]), parts[0].history)
+    return _concat(parts)
 
 
 def invert(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, steps: int, step_size: float = 0.5,
            seed: int = 0, **options) -> torch.Tensor:
     """X' (shaped like ``x``, in [0, 1]) that ``fn`` maps close to ``fn(x)``, found from seeded noise.
 
-    ``options``: ``start``, ``norm_p``, ``batch_size``, ``log_every``, ``progress`` (see :func:`invert_fn`).
+    ``options``: ``step_schedule``, ``final_step_size``, ``start``, ``norm_p``, ``batch_size``,
+    ``log_every``, ``progress`` (see :func:`invert_fn`).
     """
     return invert_fn(fn, x, steps=steps, step_size=step_size, seed=seed, **options).images
 
 
 def invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, step_size: float = 0.5,
-                  seed: int = 0, start: str = "noise", representation: str = "tokens", norm_p: float = 2.0,
+                  step_schedule: str = "constant", final_step_size: float | None = None, seed: int = 0,
+                  start: str = "noise", representation: str = "tokens", norm_p: float = 2.0,
                   chunk_size: int | None = None, log_every: int = 0, label: str = "",
                   progress: Callable[[int], None] | None = None) -> dict[int, InversionResult]:
     """Invert several blocks of one :class:`~stirflow.models.StirViT` in shared passes.
@@ -205,14 +267,16 @@ def invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, 
     The model runs in eval mode; ``progress(1)`` is called after every step of every chunk.
     """
     with _eval_mode(model):
-        return _invert_blocks(model, x, blocks, steps=steps, step_size=step_size, seed=seed, start=start,
+        return _invert_blocks(model, x, blocks, steps=steps, step_size=step_size, step_schedule=step_schedule,
+                              final_step_size=final_step_size, seed=seed, start=start,
                               representation=representation, norm_p=norm_p, chunk_size=chunk_size,
                               log_every=log_every, label=label, progress=progress)
 
 
-def _invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, step_size: float, seed: int,
-                   start: str, representation: str, norm_p: float, chunk_size: int | None, log_every: int,
-                   label: str, progress: Callable[[int], None] | None) -> dict[int, InversionResult]:
+def _invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, step_size: float,
+                   step_schedule: str, final_step_size: float | None, seed: int, start: str, representation: str,
+                   norm_p: float, chunk_size: int | None, log_every: int, label: str,
+                   progress: Callable[[int], None] | None) -> dict[int, InversionResult]:
     from .models import pool_tokens
 
     blocks = sorted(set(int(b) for b in blocks))
@@ -254,12 +318,10 @@ def _invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int,
     for lo in range(0, total, chunk_size):
         sl = slice(lo, min(lo + chunk_size, total))
         parts.append(descend(loss_on(sl), stacked_x0[sl], steps=steps, step_size=step_size,
+                             step_schedule=step_schedule, final_step_size=final_step_size,
                              log_every=log_every, label=label, progress=progress))
-    images = torch.cat([r.images for r in parts])
-    losses = torch.cat([r.losses for r in parts])
-    start_losses = torch.cat([r.start_losses for r in parts])
-    return {b: InversionResult(images[k * n:(k + 1) * n], losses[k * n:(k + 1) * n],
-                               start_losses[k * n:(k + 1) * n]) for k, b in enumerate(blocks)}
+    result = _concat(parts)
+    return {b: _samples(result, slice(k * n, (k + 1) * n)) for k, b in enumerate(blocks)}
 
 
 # --------------------------------------------------------------------------- storage
@@ -268,7 +330,9 @@ def save_inversion(path, results: Mapping[int, InversionResult], indices, **attr
     """Write the inversions of one checkpoint's blocks to HDF5 (atomically).
 
     Datasets: ``blocks`` (B,), ``images`` (B, N, C, H, W) float32, ``losses`` and ``start_losses``
-    (B, N), ``indices`` (N,) (which test images were inverted); the settings as attributes.
+    (B, N), ``indices`` (N,) (which test images were inverted), and the loss curves:
+    ``curve_steps`` (T,) and ``curves`` (B, T, N), each image's best loss at each logged step;
+    the settings as attributes.
     """
     import h5py
     import numpy as np
@@ -283,12 +347,15 @@ def save_inversion(path, results: Mapping[int, InversionResult], indices, **attr
         f.create_dataset("losses", data=stack("losses"))
         f.create_dataset("start_losses", data=stack("start_losses"))
         f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
+        f.create_dataset("curve_steps", data=np.asarray(results[blocks[0]].curve_steps, dtype=np.int64))
+        f.create_dataset("curves", data=stack("curve"))
         for key, value in attrs.items():
             f.attrs[key] = value if value is not None else "none"
 
 
-def load_inversion(path) -> tuple[dict[int, torch.Tensor], dict]:
-    """``({block: images (N, C, H, W) float32}, {"losses": {block: (N,)}, "indices": (N,), attrs...})``.
+def load_inversion(path) -> tuple[dict[int, InversionResult], dict]:
+    """``({block: InversionResult}, info)`` from :func:`save_inversion`'s file; ``info`` holds
+    ``indices`` (N,) and the attributes (the settings that made the inversions).
 
     A missing, truncated or foreign file raises :class:`~stirflow.data.DataFileError` naming it.
     """
@@ -302,9 +369,11 @@ def load_inversion(path) -> tuple[dict[int, torch.Tensor], dict]:
     try:
         with h5py.File(path, "r") as f:
             blocks = [int(b) for b in f["blocks"][...]]
-            images = torch.from_numpy(f["images"][...])
-            losses = f["losses"][...]
-            info = {"losses": dict(zip(blocks, losses)), "indices": f["indices"][...], **dict(f.attrs)}
+            arrays = {k: torch.from_numpy(f[k][...]) for k in ("images", "losses", "start_losses", "curves")}
+            steps = [int(t) for t in f["curve_steps"][...]]
+            info = {"indices": f["indices"][...], **dict(f.attrs)}
     except (OSError, KeyError) as err:
         raise DataFileError(f"{path}: cannot read inversion ({err})") from err
-    return {b: images[k] for k, b in enumerate(blocks)}, info
+    results = {b: InversionResult(arrays["images"][k], arrays["losses"][k], arrays["start_losses"][k],
+                                  arrays["curves"][k], steps) for k, b in enumerate(blocks)}
+    return results, info

@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .catalog import FIGURES as FIGURE_NAMES  # noqa: E402
 
-__all__ = ["FIGURES", "INIT_COLOR", "STYLE", "draw_all"]
+__all__ = ["FIGURES", "INIT_COLOR", "STYLE", "draw_all", "matrix_figure"]
 
 #: Width of a two-column paper's text block, in inches.
 TEXT_WIDTH = 7.0
@@ -168,6 +168,25 @@ def _matrix(ax, values: np.ndarray, blocks: Sequence[int], cmap: str, *, vmin: f
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5.5,
                             color="white" if dark else "black")
     return im
+
+
+@_styled
+def matrix_figure(matrices: Sequence[np.ndarray], blocks: Sequence[int], *, titles: Sequence[str],
+                  ylabels: Sequence[str], xlabels: Sequence[str], suptitle: str = "", cmap: str = "viridis") -> plt.Figure:
+    """Block × block matrices side by side on one 0–1 colour scale, oriented as every matrix here
+    (:func:`_matrix`: row i = reference block from the bottom up, column j = evaluated block)."""
+    n = len(matrices)
+    fig, axes = plt.subplots(1, n, figsize=(n * MATRIX_PANEL + 0.9, MATRIX_PANEL + 0.6), squeeze=False,
+                             layout="constrained")
+    im = None
+    for ax, values, title, ylabel, xlabel in zip(axes[0], matrices, titles, ylabels, xlabels):
+        im = _matrix(ax, np.asarray(values), blocks, cmap)
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if im is not None:
+        _colorbar(fig, im, axes, "STIR or CKA")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=7)
+    return fig
 
 
 # --------------------------------------------------------------------------- figures
