@@ -443,7 +443,9 @@ def test_paper_code_dag_within_30_seconds(tmp_path):
     from test_paper import _check_time, _dry_run, expected_jobs
 
     proc, wall, cpu = _dry_run(tmp_path, "--workflow-profile", str(REPO / "profiles" / "default"), configfile=PAPER_CODE)
-    assert jobs_by_rule(proc.stdout) == expected_jobs(load_config(PAPER_CODE))
+    jobs = jobs_by_rule(proc.stdout)
+    # the convergence check's re-inversions (rules *_check) are the same for both paper configs
+    assert {rule: n for rule, n in jobs.items() if not rule.endswith("_check")} == expected_jobs(load_config(PAPER_CODE))
     _check_time(wall, cpu)
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
 
