@@ -2,8 +2,8 @@
 # checkpoint may share a job and a batched pass: stir.blocks_per_job);
 # scores per (run, epoch) against the run's epoch 0 (the model before finetuning).
 
-INVERSION_KEYS = ("n_images", "image_seed", "steps", "step_size", "step_schedule", "final_step_size", "start",
-                  "representation", "norm_p", "seed", "chunk_size", "log_every")
+INVERSION_KEYS = ("n_images", "image_selection", "image_seed", "steps", "step_size", "step_schedule",
+                  "final_step_size", "start", "representation", "norm_p", "seed", "chunk_size", "log_every")
 INVERSION_PARAMS = {k: config["stir"][k] for k in INVERSION_KEYS}
 
 

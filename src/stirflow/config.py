@@ -7,8 +7,12 @@ timm model and corruption names). Every error is a :class:`ConfigError` naming t
 
 from __future__ import annotations
 
+import ast
 import copy
+import functools
+import importlib.util
 import itertools
+import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -31,6 +35,10 @@ __all__ = [
     "model_depth",
     "model_spec",
     "training_settings",
+    "uses_pretrained_init",
+    "needs_pretraining",
+    "vit_arguments",
+    "check_weights_file",
     "convergence_sample",
     "convergence_blocks",
     "convergence_steps",
@@ -171,13 +179,15 @@ def _check_references(config: dict[str, Any]) -> None:
                         problems.append(f"robustness.{key}: {lacking} not in datasets.{spec['corrupted']}.{key}, "
                                         f"the corrupted test set of {name!r}")
     pre = config["pretrain"]
-    if pre["weights"] is None:
+    if needs_pretraining(config):  # the pretraining settings matter only to a pretraining run
         if pre["dataset"] not in datasets:
             problems.append(f"pretrain.dataset: unknown data set {pre['dataset']!r} (known: {', '.join(datasets)})")
         elif datasets[pre["dataset"]]["kind"] == "cifar10_c":
             problems.append(f"pretrain.dataset: {pre['dataset']!r} is a corrupted test set, not a training set")
-    else:
+    elif pre["weights"] is not None and uses_pretrained_init(config):  # weights that no run loads are not checked
         w = pre["weights"]
+        if w.get("file") and not Path(w["file"]).is_file():
+            problems.append(f"pretrain.weights.file: {w['file']} not found")
         if not (w.get("timm_pretrained") or w.get("file")):
             problems.append("pretrain.weights: give timm_pretrained: true or a file")
         if w.get("timm_pretrained") and not config["model"]["timm_name"]:
@@ -194,11 +204,24 @@ def _check_references(config: dict[str, Any]) -> None:
     if duplicates:
         problems.append(f"finetune.runs: duplicate run names {duplicates} (give each run a distinct name, or "
                         f"vary a setting with finetune.grid)")
-    try:
-        depth = model_depth(config)
-    except ValueError as err:
-        problems.append(str(err))
-        depth = None
+    if needs_pretraining(config):
+        problems += _check_training("pretrain", pre)
+    problems += _check_training("finetune", config["finetune"])
+    for run in expand_runs(config):
+        if run["varied"]:  # a run's own settings or grid values must fit together too
+            where = f"finetune (run {run['name']})"
+            problems += [p for p in _check_training(where, run_training(config, run)) if p not in problems]
+        if "epochs" in run["varied"]:
+            problems.append(f"{where}.epochs: every run trains for finetune.epochs (the DAG's checkpoints are "
+                            f"the same for all runs); vary other settings per run or in finetune.grid")
+    model_problems = _check_model(config)
+    problems += model_problems
+    depth = None
+    if not model_problems:
+        try:
+            depth = model_depth(config)
+        except ValueError as err:
+            problems.append(str(err))
     blocks = config["stir"]["blocks"]
     if depth is not None and blocks != "all":
         bad = [b for b in blocks if not 1 <= b <= depth]
@@ -222,6 +245,214 @@ def _check_references(config: dict[str, Any]) -> None:
         problems.append(f"robustness.reference_run: no run named {ref!r} (runs: {', '.join(names)})")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+#: The parameters each learning-rate schedule takes (schemas/config.schema.yaml, definitions.schedule).
+SCHEDULE_PARAMETERS = {"cosine": {"min_factor"}, "linear": {"min_factor"}, "constant": set(),
+                       "step": {"milestones", "gamma"}, "exponential": {"gamma"}}
+
+
+def _check_training(name: str, section: Mapping[str, Any]) -> list[str]:
+    """The training settings of ``pretrain`` or ``finetune`` that fit the schema but not each other."""
+    problems = []
+    if section["warmup_epochs"] and section["warmup_steps"]:
+        problems.append(f"{name}.warmup_steps: give the warm-up in epochs or in steps, not both "
+                        f"({name}.warmup_epochs = {section['warmup_epochs']})")
+    schedule = section["schedule"]
+    schedule = {"name": schedule} if isinstance(schedule, str) else schedule
+    kind = schedule["name"]
+    misplaced = sorted(set(schedule) - {"name"} - SCHEDULE_PARAMETERS[kind])
+    if misplaced:
+        problems.append(f"{name}.schedule: {', '.join(misplaced)} not a parameter of the {kind} schedule "
+                        f"(it takes: {', '.join(sorted(SCHEDULE_PARAMETERS[kind])) or 'none'})")
+    if kind == "step" and "milestones" not in schedule:
+        problems.append(f"{name}.schedule.milestones: the step schedule needs the epochs after which the lr drops "
+                        f"(e.g. {{name: step, milestones: [30, 60], gamma: 0.1}})")
+    if kind == "exponential" and "gamma" not in schedule:
+        problems.append(f"{name}.schedule.gamma: the exponential schedule needs its factor per epoch")
+    late = [m for m in schedule.get("milestones", []) if m >= section["epochs"]]
+    if late:
+        problems.append(f"{name}.schedule.milestones: {late} not before the last epoch ({name}.epochs = {section['epochs']})")
+    crop = section["augment"]["random_resized_crop"]
+    if crop is not None:
+        for key in ("scale", "ratio"):
+            low, high = crop[key]
+            if low > high:
+                problems.append(f"{name}.augment.random_resized_crop.{key}: {crop[key]} is not [min, max]")
+    return problems
+
+
+# --------------------------------------------------------------------------- the model spec
+
+def _check_model(config: Mapping[str, Any]) -> list[str]:
+    """What would stop the configured model from being built, each problem naming its key.
+
+    Without ``model.timm_name`` the check is arithmetic on ``model.vit`` and the defaults of timm's
+    VisionTransformer, read from timm's source (:func:`vit_arguments`), so it imports no torch. A
+    named model is built on the meta device (no memory, no weights), which needs timm and torch.
+    """
+    model = config["model"]
+    kwargs = dict(model["vit"])
+    problems = []
+    if "num_classes" in kwargs:
+        problems.append("model.vit.num_classes: set from the target data set; leave it out")
+    if kwargs.get("in_chans", 3) != 3:
+        problems.append(f"model.vit.in_chans: {kwargs['in_chans']}, but images have 3 channels")
+    if problems:
+        return problems
+    if not model["timm_name"]:
+        defaults = vit_arguments()
+        unknown = sorted(set(kwargs) - set(defaults))
+        if unknown:
+            return [f"model.vit.{key}: not an argument of timm's VisionTransformer (its arguments: "
+                    f"{', '.join(defaults)})" for key in unknown]
+        return _vit_shape_problems({**defaults, **kwargs}, given=set(kwargs))
+    return _check_timm_model(model["timm_name"], kwargs)
+
+
+def _pairs(value: Any) -> tuple[int, int] | None:
+    """An int or an (h, w) pair as (h, w); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    return None
+
+
+def _vit_shape_problems(settings: Mapping[str, Any], given: set[str], where: str = "") -> list[str]:
+    """Patch size against image size, heads against width, depth: the constraints timm's ViT has.
+
+    ``settings``: img_size, patch_size, embed_dim, num_heads, depth (given or default); a value the
+    user did not give is named as the default (of ``where``, timm's VisionTransformer by default).
+    """
+    def shown(key: str) -> str:  # the value, and where it came from when the user did not give it
+        return f"{settings[key]!r}" + ("" if key in given else f" ({where or 'the'} default)")
+
+    problems = []
+    img, patch = _pairs(settings.get("img_size")), _pairs(settings.get("patch_size"))
+    for key, value in (("img_size", img), ("patch_size", patch)):
+        if value is None or min(value) < 1:
+            problems.append(f"model.vit.{key}: {settings.get(key)!r} is not a positive int or [height, width]")
+    if img and patch and min(img) > 0 and min(patch) > 0 and (img[0] % patch[0] or img[1] % patch[1]):
+        problems.append(f"model.vit.patch_size: {shown('patch_size')} does not divide model.vit.img_size = {shown('img_size')}")
+    width, heads, depth = settings.get("embed_dim"), settings.get("num_heads"), settings.get("depth")
+    positive = {}
+    for key, value in (("embed_dim", width), ("num_heads", heads), ("depth", depth)):
+        positive[key] = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if not positive[key]:
+            problems.append(f"model.vit.{key}: {value!r} is not a positive integer")
+    if positive["embed_dim"] and positive["num_heads"] and width % heads:
+        problems.append(f"model.vit.num_heads: {shown('num_heads')} does not divide model.vit.embed_dim = {shown('embed_dim')}")
+    return problems
+
+
+@functools.lru_cache(maxsize=1)
+def vit_arguments() -> dict[str, Any]:
+    """The keyword arguments of timm's ``VisionTransformer`` with their defaults, from timm's source.
+
+    Parsing the class's signature (a fraction of a second) instead of importing timm keeps torch
+    out of building the DAG. A default that is not a literal (a layer class) maps to None. Falls
+    back to importing timm if its source does not have the class where expected.
+    """
+    spec = importlib.util.find_spec("timm")  # finds the package without running it
+    source = Path(spec.origin).parent / "models" / "vision_transformer.py" if spec and spec.origin else None
+    try:
+        tree = ast.parse(source.read_text())
+        init = next(f for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "VisionTransformer"
+                    for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    except (AttributeError, OSError, StopIteration, SyntaxError):
+        import inspect
+
+        from timm.models.vision_transformer import VisionTransformer
+
+        params = list(inspect.signature(VisionTransformer.__init__).parameters.values())[1:]
+        return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params}
+    args = init.args.args[1:] + init.args.kwonlyargs
+    defaults = [None] * (len(init.args.args) - 1 - len(init.args.defaults)) + list(init.args.defaults)
+    defaults += list(init.args.kw_defaults)
+
+    def literal(node):
+        try:
+            return ast.literal_eval(node) if node is not None else None
+        except ValueError:
+            return None
+
+    return {a.arg: literal(d) for a, d in zip(args, defaults)}
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model(name: str, kwargs_json: str):
+    """timm's ``name`` built on the meta device with ``kwargs`` (JSON): no memory, no weights."""
+    import warnings
+
+    import timm
+    import torch
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return timm.create_model(name, pretrained=False, **json.loads(kwargs_json))
+
+
+def _check_timm_model(name: str, kwargs: dict[str, Any]) -> list[str]:
+    import timm
+
+    base, _, tag = name.partition(".")
+    if not timm.is_model(base):
+        return [f"model.timm_name: {name!r} is not a timm model (see timm.list_models())"]
+    if tag and name not in timm.list_pretrained(f"{base}.*"):
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{base}.*")]
+        return [f"model.timm_name: timm has no weights {tag!r} for {base} (it has: {', '.join(tags) or 'none'})"]
+    default = _meta_model(base, "{}")
+    settings = _vit_settings(default)
+    if settings is not None:  # a plain ViT: name the key that breaks it
+        problems = _vit_shape_problems({**settings, **kwargs}, given=set(kwargs), where=f"{base}'s")
+        if problems:
+            return problems
+    try:
+        _meta_model(base, json.dumps(kwargs, sort_keys=True))
+    except (AssertionError, TypeError, ValueError, RuntimeError, KeyError) as err:
+        return [f"model.vit: timm cannot build {base} with {kwargs} ({type(err).__name__}: {err})"]
+    return []
+
+
+def _vit_settings(vit) -> dict[str, Any] | None:
+    """img_size, patch_size, embed_dim, num_heads, depth of a built timm VisionTransformer (None for other models)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(vit, VisionTransformer):
+        return None
+    return {"img_size": list(vit.patch_embed.img_size), "patch_size": list(vit.patch_embed.patch_size),
+            "embed_dim": vit.embed_dim, "num_heads": vit.blocks[0].attn.num_heads, "depth": len(vit.blocks)}
+
+
+def check_weights_file(config: Mapping[str, Any]) -> None:
+    """Load ``pretrain.weights.file`` into the configured model on the meta device: a file that is not
+    weights, or weights of another architecture, raise :class:`ConfigError` naming the key.
+
+    The file is read (seconds for a large ``.pth``; a ``.safetensors`` file is mapped, not read),
+    so the workflow calls this once per invocation, not in every job.
+    """
+    weights = config["pretrain"]["weights"]
+    if not (weights and weights.get("file")) or not uses_pretrained_init(config):
+        return
+    import warnings
+
+    import torch
+
+    from .models import create_model
+
+    spec = model_spec(config, "classification", 2)  # the head is replaced: any class count fits
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # copying into meta tensors is a no-op, and torch says so
+            create_model(spec, weights_file=weights["file"])
+    except Exception as err:  # noqa: BLE001 - whatever the loader raises, the file does not fit
+        lines = str(err).strip().splitlines()  # a state dict that does not fit lists every tensor: show a few
+        shown = "\n    ".join(line.strip() for line in lines[:4]) + (f"\n    ... ({len(lines) - 4} more lines)"
+                                                                   if len(lines) > 4 else "")
+        raise ConfigError(f"invalid configuration:\n  pretrain.weights.file: {shown}") from None
 
 
 def _check_convergence(config: Mapping[str, Any], names: list[str], depth: int | None) -> list[str]:
@@ -335,7 +566,8 @@ def run_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def run_training(config: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """The finetuning settings of ``run``: the finetune section's, with the run's own and its seed."""
-    return _sorted_keys(_merge(training_settings(config["finetune"]), {**run["varied"], "seed": run["seed"]}))
+    base = training_settings(config["finetune"], bf16=config["compute"]["bf16"])
+    return _sorted_keys(_merge(base, {**run["varied"], "seed": run["seed"]}))
 
 
 def model_depth(config: Mapping[str, Any]) -> int:
@@ -380,6 +612,16 @@ def stir_epochs(config: Mapping[str, Any]) -> list[int]:
     return sorted(chosen | {0, last})
 
 
+def uses_pretrained_init(config: Mapping[str, Any]) -> bool:
+    """Whether any finetuning run starts from pretrained weights."""
+    return any(run.get("init", "pretrained") == "pretrained" for run in config["finetune"]["runs"])
+
+
+def needs_pretraining(config: Mapping[str, Any]) -> bool:
+    """Whether the DAG has a pretraining job: some run starts pretrained and no weights replace pretraining."""
+    return config["pretrain"]["weights"] is None and uses_pretrained_init(config)
+
+
 def convergence_sample(config: Mapping[str, Any]) -> list[tuple[str, int]]:
     """The (run, epoch) pairs the convergence check scores again (none when it is off)."""
     conv = config["convergence"]
@@ -406,6 +648,8 @@ def model_spec(config: Mapping[str, Any], task: str, num_classes: int) -> dict[s
             "std": list(model["std"]), "task": task, "num_classes": num_classes}
 
 
-def training_settings(section: Mapping[str, Any]) -> dict[str, Any]:
-    """The training keys of ``pretrain`` or ``finetune`` (runs, replicates, grid and data choice left out)."""
-    return {k: v for k, v in section.items() if k not in (*FINETUNE_STRUCTURE, "dataset", "weights")}
+def training_settings(section: Mapping[str, Any], *, bf16: bool = False) -> dict[str, Any]:
+    """The training keys of ``pretrain`` or ``finetune`` (runs, replicates, grid and data choice left
+    out), and ``bf16``: whether training runs under bf16 autocast (``compute.bf16``)."""
+    return {**{k: v for k, v in section.items() if k not in (*FINETUNE_STRUCTURE, "dataset", "weights")},
+            "bf16": bool(bf16)}

@@ -27,6 +27,7 @@ from .files import DataFileError, atomic_path
 __all__ = [
     "ImageSet",
     "select_indices",
+    "stratified_indices",
     "write_image_h5",
     "read_image_h5",
     "to_tensor",
@@ -57,11 +58,33 @@ class ImageSet:
         return ImageSet(self.images[index], self.labels[index], {**self.attrs, "subset_seed": seed})
 
 
-def select_indices(total: int, n: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of ``n`` of ``total`` items, a seeded choice (all items when ``n`` is None or ≥ total)."""
+def select_indices(total: int, n: int | None, seed: int, selection: str = "random") -> np.ndarray:
+    """Sorted indices of ``n`` of ``total`` items (all items when ``n`` is None or ≥ total).
+
+    ``selection``: ``"random"``, a seeded choice; ``"first"``, items 0..n−1 (what the paper's
+    code took: the first images of the test split).
+    """
     if n is None or n >= total:
         return np.arange(total)
+    if selection == "first":
+        return np.arange(n)
+    if selection != "random":
+        raise ValueError(f"unknown selection {selection!r}; expected 'random' or 'first'")
     return np.sort(np.random.default_rng(seed).permutation(total)[:n])
+
+
+def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified, seeded ``fraction`` of the items: each class keeps its share.
+
+    All items when ``fraction`` is 1. scikit-learn's ``train_test_split`` draws the subset; it
+    raises ``ValueError`` when the subset would have fewer items than there are classes.
+    """
+    if fraction >= 1:
+        return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split
+
+    chosen, _ = train_test_split(np.arange(len(labels)), train_size=fraction, random_state=seed, stratify=labels)
+    return np.sort(chosen)
 
 
 def write_image_h5(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, **attrs: Any) -> None:
