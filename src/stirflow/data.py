@@ -33,6 +33,8 @@ __all__ = [
     "to_tensor",
     "make_shapes",
     "make_digits",
+    "make_photo_crops",
+    "PHOTO_CLASSES",
     "DataFileError",
 ]
 
@@ -235,3 +237,56 @@ def make_digits(image_size: int, test_fraction: float, seed: int) -> dict[str, t
                                        random_state=seed, stratify=labels)
     return {"train": (images[np.sort(i_train)], labels[np.sort(i_train)]),
             "test": (images[np.sort(i_test)], labels[np.sort(i_test)])}
+
+
+#: scikit-image's bundled photographs and textures (offline: they ship in the wheel), one class each.
+PHOTO_CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                 "retina", "brick", "grass", "gravel")
+
+
+def _photo(name: str) -> np.ndarray:
+    """One of :data:`PHOTO_CLASSES` as uint8 (H, W, 3)."""
+    from skimage import data as skdata
+
+    image = np.asarray(getattr(skdata, name)())
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return image[..., :3].astype(np.uint8)
+
+
+def make_photo_crops(n_train: int, n_test: int, image_size: int, seed: int,
+                     short_side: int = 128) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Crops of real photographs and textures (scikit-image's bundled images), labelled by their source.
+
+    Each of the 10 images of :data:`PHOTO_CLASSES` is resized so its short side is ``short_side``
+    pixels; a crop is a random square of 1–2.5 × ``image_size`` pixels, resized to ``image_size``
+    and flipped at random. Training crops come from the left 70 % of each image, test crops from the
+    right 30 %, so no test pixel was seen in training. The task needs colour and texture, where
+    digits need stroke shape. Returns ``{"train": (images, labels), "test": (images, labels)}``.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sources = []
+    for name in PHOTO_CLASSES:
+        img = Image.fromarray(_photo(name))
+        scale = short_side / min(img.size)
+        sources.append(np.asarray(img.resize((round(img.width * scale), round(img.height * scale)),
+                                             Image.Resampling.LANCZOS)))
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, len(PHOTO_CLASSES), size=n)
+        images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
+        for k, label in enumerate(labels):
+            src = sources[label]
+            h, w = src.shape[:2]
+            lo, hi = (0, int(0.7 * w)) if split == "train" else (int(0.7 * w), w)
+            side = int(min(rng.uniform(1.0, 2.5) * image_size, h, hi - lo))
+            y = rng.integers(0, h - side + 1)
+            x = rng.integers(lo, hi - side + 1)
+            crop = Image.fromarray(src[y:y + side, x:x + side]).resize((image_size, image_size),
+                                                                       Image.Resampling.BILINEAR)
+            crop = np.asarray(crop)
+            images[k] = crop[:, ::-1] if rng.random() < 0.5 else crop
+        out[split] = (images, labels.astype(np.int64))
+    return out
