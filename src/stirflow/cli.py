@@ -16,6 +16,9 @@ and a PNG of the three matrices on one 0–1 colour scale next to it::
     stirflow compare --model-a pre.pt --model-b ft.pt --images data/cifar10/test.h5 --out ab.nc
     stirflow compare --model-a vit_base_patch32_224 --weights-a vit_b32.safetensors \\
         --model-b finetuned.pt --images photos/ --blocks 1-12 --out ab.nc
+
+``stirflow convert-checkpoint old.pt [--dtype bfloat16]`` rewrites a checkpoint in the current
+format (:func:`~stirflow.checkpoints.convert_checkpoint`), reading it without running code.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["main", "CompareError", "load_model", "load_images", "parse_blocks", "compare"]
+__all__ = ["main", "CompareError", "load_model", "load_images", "parse_blocks", "compare", "convert"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -58,20 +61,27 @@ def load_model(spec: str, weights: str | None, img_size: int | None, device: tor
     """
     import timm
 
+    from .checkpoints import CheckpointError, check_weight_file
     from .models import create_model, load_checkpoint
 
     weights_option = option.replace("model", "weights")
     if Path(spec).is_file():
         if weights:
             raise CompareError(f"{weights_option} applies to timm model names; {spec} is a stirflow checkpoint")
-        model = load_checkpoint(spec, device)
+        try:  # read without running code; a file of another kind is named with what it is
+            model = load_checkpoint(spec, device)
+        except CheckpointError as err:
+            raise CompareError(f"{option}: {err}") from None
         return model, {"source": "checkpoint", "path": str(Path(spec).resolve())}
     if _looks_like_path(spec):
         raise CompareError(f"{option}: {spec}: checkpoint file not found")
     if not timm.is_model(spec.split(".")[0]):
         raise CompareError(f"{option}: {spec!r} is neither an existing checkpoint file nor a timm model name")
-    if weights and weights != "random" and not Path(weights).is_file():
-        raise CompareError(f"{weights_option}: {weights}: weight file not found")
+    if weights and weights != "random":
+        try:
+            check_weight_file(weights, "weight file")
+        except CheckpointError as err:
+            raise CompareError(f"{weights_option}: {err}") from None
 
     cfg = timm.models.get_pretrained_cfg(spec, allow_unregistered=True)
     model_spec: dict[str, Any] = {
@@ -366,7 +376,31 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--out", required=True, help="NetCDF output path (.nc); the PNG is written next to it")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    from .checkpoints import CHECKPOINT_DTYPES
+
+    c = sub.add_parser("convert-checkpoint", help="rewrite checkpoints in the current format, without running code",
+                       description="Rewrite stirflow checkpoints in the current format (in place unless --out). "
+                                   "Files are read with PyTorch's restricted unpickler; NumPy values in them become "
+                                   "plain numbers and tensors. A file referring to any other Python object is "
+                                   "refused, and nothing in it is executed.")
+    c.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files (.pt)")
+    c.add_argument("--out", help="output path (one checkpoint only; default: replace the file)")
+    c.add_argument("--dtype", choices=CHECKPOINT_DTYPES,
+                   help="store the weights in this type (default: as stored); they load as float32")
     return parser
+
+
+def convert(args: argparse.Namespace) -> list[Path]:
+    """Run ``stirflow convert-checkpoint``; returns the paths written."""
+    from .checkpoints import convert_checkpoint
+
+    if args.out and len(args.checkpoints) > 1:
+        raise CompareError("--out takes one checkpoint; without it each file is rewritten in place")
+    written = [convert_checkpoint(path, args.out, dtype=args.dtype) for path in args.checkpoints]
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -380,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        compare(args)
+        {"compare": compare, "convert-checkpoint": convert}[args.command](args)
     except (CompareError, CheckpointError, DataFileError) as err:
         print(f"stirflow {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -15,12 +15,13 @@ import contextlib
 import logging
 import os
 import re
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .checkpoints import CheckpointError, check_weight_file, read_checkpoint, save_checkpoint
 
 __all__ = [
     "StirViT",
@@ -39,10 +40,6 @@ __all__ = [
 
 TASKS = ("classification", "reconstruction")
 REPRESENTATIONS = ("tokens", "cls", "mean")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated or not a stirflow checkpoint."""
 
 
 class ReconstructionHead(nn.Module):
@@ -173,9 +170,8 @@ def _build_vit(spec: dict[str, Any], num_classes: int, pretrained: bool = False,
         if not (pretrained or weights_file):
             return timm.create_model(name, pretrained=False, **kwargs)
         overlay = None
-        if weights_file:
-            if not Path(weights_file).is_file():
-                raise CheckpointError(f"{weights_file}: pretrained weights file not found (pretrain.weights.file)")
+        if weights_file:  # refuses a file whose pickle would run code before timm opens it
+            check_weight_file(weights_file, "pretrained weights file", "pretrain.weights.file")
             # A state dict (.pth, .bin, .safetensors) goes through the model's checkpoint filter, which
             # resamples the position embeddings to the configured image size; an .npz is the original
             # JAX release (timm's custom loader, which resamples them too).
@@ -247,28 +243,6 @@ def create_model(spec: dict[str, Any], *, pretrained: bool = False, weights_file
     vit = _build_vit(spec, num_classes, pretrained=pretrained,
                      weights_file=str(weights_file) if weights_file else None)
     return StirViT(vit, task, tuple(spec.get("mean", (0.5, 0.5, 0.5))), tuple(spec.get("std", (0.5, 0.5, 0.5))))
-
-
-def save_checkpoint(path: str | os.PathLike, model: StirViT, spec: dict[str, Any], **extra: Any) -> None:
-    """Write ``{"spec", "state_dict", **extra}`` atomically (to a temporary file, then renamed)."""
-    from .files import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save({"format": "stirflow-checkpoint-1", "spec": spec, "state_dict": model.state_dict(), **extra}, tmp)
-
-
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dict; a missing, truncated or foreign file raises :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torch raises several types for truncated zip files
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "stirflow-checkpoint-1":
-        raise CheckpointError(f"{path}: not a stirflow checkpoint")
-    return ckpt
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> StirViT:
