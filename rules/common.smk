@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the library, also wit
 
 from stirflow.config import (
     ConfigError,
+    model_layers,
     model_spec,
     run_config,
     run_names,
@@ -34,6 +35,8 @@ RUNS = run_names(config)
 EPOCHS = list(range(config["finetune"]["epochs"] + 1))
 STIR_EPOCHS = stir_epochs(config)
 BLOCKS = stir_blocks(config)
+MODEL_LAYERS = model_layers(config)  # what a layer is: blocks of a ViT, stages of other models
+LAYER_FILES = "blocks" if MODEL_LAYERS["layer_kind"] == "block" else "layers"  # inversion file names
 _per_job = config["stir"]["blocks_per_job"] or len(BLOCKS)
 BLOCK_GROUPS = [BLOCKS[i : i + _per_job] for i in range(0, len(BLOCKS), _per_job)]
 PRETRAINED_WEIGHTS = config["pretrain"]["weights"]
@@ -71,7 +74,7 @@ def block_group_name(blocks):
 
 
 def inversion_path(run, epoch, blocks):
-    return f"{RES}/runs/{run}/inversions/epoch_{int(epoch):03d}/blocks_{block_group_name(blocks)}.h5"
+    return f"{RES}/runs/{run}/inversions/epoch_{int(epoch):03d}/{LAYER_FILES}_{block_group_name(blocks)}.h5"
 
 
 def figure_files():

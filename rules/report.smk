@@ -26,6 +26,7 @@ rule aggregate:
         runs=[run_config(config, r) for r in RUNS],
         analysis=config["analysis"],
         reference_run=config["robustness"]["reference_run"],
+        model={k: MODEL_LAYERS[k] for k in ("model", "layer_kind", "layer_modules")},
         code=code("aggregate"),
     log:
         f"{RES}/logs/aggregate/aggregate.log",

@@ -175,10 +175,13 @@ def test_pipeline_refuses_a_crafted_resume_state(smoke_copy):
 # --------------------------------------------------------------------------- formats and dtypes
 
 def _old_format(path: Path, ckpt: dict) -> None:
-    """What the first format's writer wrote: ``torch.save({"format", "spec", "state_dict", **extra})``."""
+    """What the first format's writer wrote: ``torch.save({"format", "spec", "state_dict", **extra})``,
+    with the ViT's weights under ``vit.`` and its arguments under ``spec["vit"]``."""
     extra = {k: v for k, v in ckpt.items() if k not in ("format", "spec", "state_dict", "weights_dtype")}
-    torch.save({"format": "stirflow-checkpoint-1", "spec": ckpt["spec"], "state_dict": ckpt["state_dict"], **extra},
-               path)
+    spec = {("vit" if k == "kwargs" else k): v for k, v in ckpt["spec"].items()}
+    state = {("vit." + k[len("net."):] if k.startswith("net.") else k): v for k, v in ckpt["state_dict"].items()}
+    assert any(k.startswith("vit.") for k in state)
+    torch.save({"format": "stirflow-checkpoint-1", "spec": spec, "state_dict": state, **extra}, path)
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -207,7 +210,7 @@ def test_bf16_and_fp16_checkpoints_load_as_rounded_fp32(tmp_path):
     for dtype in ("bfloat16", "float16"):
         save_checkpoint(tmp_path / f"{dtype}.pt", model, SPEC, dtype=dtype, epoch=3)
         raw = torch.load(tmp_path / f"{dtype}.pt", weights_only=True)
-        assert raw["weights_dtype"] == dtype and raw["state_dict"]["vit.cls_token"].dtype == getattr(torch, dtype)
+        assert raw["weights_dtype"] == dtype and raw["state_dict"]["net.cls_token"].dtype == getattr(torch, dtype)
         loaded = load_checkpoint(tmp_path / f"{dtype}.pt")
         for key, value in model.state_dict().items():
             got = loaded.state_dict()[key]
@@ -227,10 +230,10 @@ def test_pipeline_stores_bf16_checkpoints_and_a_float32_resume_state(tmp_path):
     assert len(checkpoints) == 3
     for path in checkpoints:
         raw = torch.load(path, weights_only=True)
-        assert raw["weights_dtype"] == "bfloat16" and raw["state_dict"]["vit.pos_embed"].dtype == torch.bfloat16
+        assert raw["weights_dtype"] == "bfloat16" and raw["state_dict"]["net.pos_embed"].dtype == torch.bfloat16
     (state,) = (work / "results" / ".resume" / "digits-scratch").glob("*/state.pt")
     raw = torch.load(state, weights_only=True)
-    assert raw["weights_dtype"] == "float32" and raw["state_dict"]["vit.pos_embed"].dtype == torch.float32
+    assert raw["weights_dtype"] == "float32" and raw["state_dict"]["net.pos_embed"].dtype == torch.float32
     last = torch.load(checkpoints[-1], weights_only=True)["state_dict"]  # the same weights, rounded
     assert all(torch.equal(last[k], v.to(last[k].dtype)) for k, v in raw["state_dict"].items())
 

@@ -52,17 +52,19 @@ def _looks_like_path(spec: str) -> bool:
 
 def load_model(spec: str, weights: str | None, img_size: int | None, device: torch.device,
                option: str = "--model-a", seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A :class:`~stirflow.models.StirViT` from a stirflow checkpoint path or a timm model name.
+    """A :class:`~stirflow.models.StirModel` from a stirflow checkpoint path or a timm model name.
 
-    For a timm name, ``weights`` is a local weight file (``.pth``/``.safetensors``/``.npz``, loaded
+    For a timm name (any model whose layers timm exposes: ViT, DeiT, BEiT, Swin, ConvNeXt,
+    ResNet, ...), ``weights`` is a local weight file (``.pth``/``.safetensors``/``.npz``, loaded
     through timm, position embeddings resampled to ``img_size``), ``"random"`` for a random
     initialisation drawn with ``seed``, or None for timm's pretrained weights (a download).
+    ``img_size`` is a ViT's or Swin's ``img_size``; a convolutional model's images are resized to it.
     Returns the model in eval mode on ``device`` and a description of where it came from.
     """
     import timm
 
     from .checkpoints import CheckpointError, check_weight_file
-    from .models import create_model, load_checkpoint
+    from .models import create_model, describe_timm_model, load_checkpoint
 
     weights_option = option.replace("model", "weights")
     if Path(spec).is_file():
@@ -83,11 +85,16 @@ def load_model(spec: str, weights: str | None, img_size: int | None, device: tor
         except CheckpointError as err:
             raise CompareError(f"{weights_option}: {err}") from None
 
+    try:
+        fixed_size = describe_timm_model(spec)["fixed_input_size"]
+    except ValueError as err:  # no feature_info / forward_intermediates
+        raise CompareError(f"{option}: {spec!r}: {err}") from None
     cfg = timm.models.get_pretrained_cfg(spec, allow_unregistered=True)
     model_spec: dict[str, Any] = {
-        "timm_name": spec, "num_classes": 0,  # no head: only block outputs are compared
+        "timm_name": spec, "num_classes": 0,  # no head: only layer outputs are compared
         "mean": tuple(cfg.mean) if cfg else (0.5, 0.5, 0.5), "std": tuple(cfg.std) if cfg else (0.5, 0.5, 0.5),
-        "vit": {"img_size": img_size} if img_size else {},
+        "kwargs": {"img_size": img_size} if img_size and fixed_size else {},
+        "input_size": img_size if not fixed_size else None,
     }
     torch.manual_seed(seed)
     try:
@@ -95,13 +102,11 @@ def load_model(spec: str, weights: str | None, img_size: int | None, device: tor
             model = create_model(model_spec)
         else:
             model = create_model(model_spec, pretrained=not weights, weights_file=weights)
-    except AttributeError as err:  # StirViT needs timm's VisionTransformer layout
-        raise CompareError(f"{option}: {spec!r} is not a timm VisionTransformer ({err})") from err
     except (OSError, RuntimeError) as err:
         what = f"weights {weights}" if weights else "timm's pretrained weights (download)"
         raise CompareError(f"{option}: cannot load {what} for {spec!r}: {err}") from err
     info = {"source": "timm", "name": spec, "weights": str(Path(weights).resolve()) if weights and weights != "random"
-            else (weights or "timm pretrained"), "img_size": list(model.img_size)}
+            else (weights or "timm pretrained"), "img_size": list(model.img_size) if model.img_size else None}
     return model.to(device).eval(), info
 
 
@@ -143,8 +148,10 @@ def load_images(path: str, n: int | None, seed: int, size: int) -> tuple[torch.T
     return x, np.asarray(index), info
 
 
-def parse_blocks(text: str, depth: int) -> list[int]:
-    """``"all"`` → 1..depth; ``"1,3,5"`` and ranges ``"2-6"`` → sorted unique blocks, each checked."""
+def parse_blocks(text: str, depth: int, kind: str = "block") -> list[int]:
+    """``"all"`` → 1..depth; ``"1,3,5"`` and ranges ``"2-6"`` → sorted unique layers, each checked.
+
+    ``kind`` names the layers in messages (``block``, ``stage``, ``layer``)."""
     if text.strip().lower() == "all":
         return list(range(1, depth + 1))
     blocks: set[int] = set()
@@ -156,7 +163,7 @@ def parse_blocks(text: str, depth: int) -> list[int]:
         raise CompareError(f"--blocks: {text!r} is not 'all' or a list such as '1,2,3' or '1-4'") from None
     bad = sorted(b for b in blocks if not 1 <= b <= depth)
     if bad or not blocks:
-        raise CompareError(f"--blocks: {bad or text} out of range: blocks 1..{depth} exist in both models")
+        raise CompareError(f"--blocks: {bad or text} out of range: {kind}s 1..{depth} exist in both models")
     return sorted(blocks)
 
 
@@ -198,8 +205,10 @@ def compare(args: argparse.Namespace) -> Path:
     model_a, info_a = load_model(args.model_a, args.weights_a, args.img_size, device, "--model-a", args.seed)
     model_b, info_b = load_model(args.model_b, args.weights_b, args.img_size, device, "--model-b", args.seed)
     depth = min(model_a.depth, model_b.depth)
-    blocks = parse_blocks(args.blocks, depth)
-    size = max(*model_a.img_size, *model_b.img_size)
+    kind = model_a.layer_kind if model_a.layer_kind == model_b.layer_kind else "layer"
+    blocks = parse_blocks(args.blocks, depth, kind)
+    fixed = [s for m in (model_a, model_b) if m.img_size for s in m.img_size]
+    size = max(fixed) if fixed else (args.img_size or 224)  # a folder's images for two convolutional models
     x, index, image_info = load_images(args.images, args.n_images or None, args.image_seed, size)
     x = x.to(device)
     similarity_options = {"kind": args.similarity, "debiased": args.debiased, "batch_size": args.cka_batch_size}
@@ -221,6 +230,9 @@ def compare(args: argparse.Namespace) -> Path:
     ds = _dataset(scores, blocks, index, inv_a, inv_b)
     ds.attrs.update(_settings(args, info_a, info_b, image_info, blocks, device, similarity_options,
                               inversion_seconds, scoring_seconds))
+    for name, model in (("a", model_a), ("b", model_b)):  # what a layer is in each model
+        ds.attrs[f"layer_kind_{name}"] = model.layer_kind
+        ds.attrs[f"layer_modules_{name}"] = json.dumps([model.plan.modules[b - 1] for b in blocks])
     with atomic_path(out) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf")
     draw_heatmaps(ds, out.with_suffix(".png"))
@@ -293,9 +305,10 @@ def draw_heatmaps(ds, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("stir_b_given_a", "STIR(B | A)", "A block (inverted)", "B block"),
-              ("stir_a_given_b", "STIR(A | B)", "B block (inverted)", "A block"),
-              ("cka", "CKA(A, B)", "A block", "B block")]
+    label_a, label_b = (f"{m} {ds.attrs.get(f'layer_kind_{m.lower()}', 'block')}" for m in "AB")  # "A stage"
+    panels = [("stir_b_given_a", "STIR(B | A)", f"{label_a} (inverted)", label_b),
+              ("stir_a_given_b", "STIR(A | B)", f"{label_b} (inverted)", label_a),
+              ("cka", "CKA(A, B)", label_a, label_b)]
     blocks = [int(b) for b in ds["layer_ref"].values]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), constrained_layout=True)
     for ax, (name, title, ylabel, xlabel) in zip(axes, panels):
