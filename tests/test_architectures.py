@@ -137,6 +137,20 @@ def test_truncated_inversion_equals_the_whole_model_read_by_a_hook(family):
         assert float(truncated.losses.mean()) < float(truncated.start_losses.mean())
 
 
+def test_input_size_resizes_for_a_convolutional_model():
+    name, kwargs, *_ = FAMILIES["resnet"]
+    free = create_model({"timm_name": name, "kwargs": kwargs, "num_classes": 2})
+    sized = create_model({"timm_name": name, "kwargs": kwargs, "num_classes": 2, "input_size": 24})
+    assert free.img_size is None and sized.img_size == (24, 24)
+    with torch.no_grad():
+        assert free.layer_outputs(images(2), 1)[0].shape[-2:] == (8, 8)  # 32 px / stride 4
+        assert sized.layer_outputs(images(2), 1)[0].shape[-2:] == (6, 6)  # resized to 24 px first
+    config = validate_config(_config(timm_name=name, kwargs=kwargs, input_size=24))
+    from stirflow.config import model_spec
+
+    assert model_spec(config, "classification", 10)["input_size"] == 24
+
+
 def test_a_model_without_exposed_layers_is_named():
     with pytest.raises(ValueError, match="Sequential: timm does not expose this model's intermediate layers"):
         plan_layers(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
