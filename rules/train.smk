@@ -31,6 +31,7 @@ if needs_pretraining(config):
             model=config["model"],
             resume_dir=f"{RES}/.resume/pretrain",
             device=config["compute"]["device"],
+            checkpoint_dtype=config["compute"]["checkpoint_dtype"],
             code=code("pretrain"),
         log:
             f"{RES}/logs/pretrain/pretrain.log",
@@ -59,6 +60,7 @@ rule finetune:
         weights=PRETRAINED_WEIGHTS,
         resume_dir=lambda w: f"{RES}/.resume/{w.run}",
         device=config["compute"]["device"],
+        checkpoint_dtype=config["compute"]["checkpoint_dtype"],
         code=code("finetune"),
     log:
         f"{RES}/logs/finetune/{{run}}.log",

@@ -39,7 +39,7 @@ def failed_outputs(text: str) -> set[str]:
 def checkpoint_differences(a: Path, b: Path) -> list[str]:
     """What differs between two checkpoints: every tensor bit for bit, every other entry by value
     (the epoch's wall time left out). The files' bytes always differ: torch writes a random id."""
-    ca, cb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+    ca, cb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
     diffs = []
     if ca.keys() != cb.keys():
         return [f"keys {sorted(ca)} != {sorted(cb)}"]
@@ -248,7 +248,7 @@ def test_non_finite_training_loss_stops_with_run_epoch_step(smoke_copy, tmp_path
 def test_non_finite_inversion_loss_stops_with_run_epoch_step(smoke_copy):
     work = smoke_copy
     checkpoint = work / "results" / "runs" / KILLED_RUN / "checkpoints" / "epoch_001.pt"
-    ckpt = torch.load(checkpoint, weights_only=False)
+    ckpt = torch.load(checkpoint, weights_only=True)
     ckpt["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                           for k, v in ckpt["state_dict"].items()}
     checkpoint.unlink()  # a new file: the resume directory's hard link keeps the good one

@@ -33,6 +33,8 @@ __all__ = [
     "stir_epochs",
     "stir_blocks",
     "model_depth",
+    "model_layers",
+    "model_kwargs",
     "model_spec",
     "training_settings",
     "uses_pretrained_init",
@@ -126,9 +128,36 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("invalid configuration:\n" + "\n".join(_explain(e) for e in errors))
+    given = copy.deepcopy(config)
     _fill_defaults(config, schema, schema)
-    _check_references(config)
+    problems = _apply_aliases(config, given)
+    _check_references(config, problems, _selection_key(given))
     return _sorted_keys(config)
+
+
+#: (section, general name) → the older, ViT-only name of the same key. A config gives one of them;
+#: the configured model's keyword arguments stay under the name given, the STIR layer selection
+#: goes under the older name, which the rules read.
+ALIASES = {("model", "kwargs"): "vit", ("stir", "layers"): "blocks", ("stir", "layers_per_job"): "blocks_per_job"}
+
+
+def _apply_aliases(config: dict[str, Any], given: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for (section, name), old in ALIASES.items():
+        if name not in given.get(section, {}):
+            continue
+        if old in given[section]:
+            problems.append(f"{section}.{name} and {section}.{old}: give one of them ({old} is the older name)")
+        if section == "model":
+            config[section].pop(old, None)  # the default ViT arguments filled in beside the given ones
+        else:
+            config[section][old] = config[section].pop(name)
+    return problems
+
+
+def _selection_key(given: Mapping[str, Any]) -> str:
+    """The name under which the config gave the STIR layer selection (for messages)."""
+    return "stir.layers" if "layers" in given.get("stir", {}) else "stir.blocks"
 
 
 def _sorted_keys(value: Any) -> Any:
@@ -158,8 +187,9 @@ def _explain(error) -> str:
     return f"  {key}: {error.message}"
 
 
-def _check_references(config: dict[str, Any]) -> None:
-    problems: list[str] = []
+def _check_references(config: dict[str, Any], problems: list[str] | None = None,
+                      selection_key: str = "stir.blocks") -> None:
+    problems = list(problems or [])
     datasets = config["datasets"]
     robustness = config["robustness"]
     for name, spec in datasets.items():
@@ -194,7 +224,18 @@ def _check_references(config: dict[str, Any]) -> None:
             problems.append("pretrain.weights.timm_pretrained: needs model.timm_name")
         if w.get("file") and not config["model"]["timm_name"]:
             problems.append("pretrain.weights.file: needs model.timm_name (the weights' architecture)")
+    model_problems = _check_model(config)
+    problems += model_problems
+    layers = None
+    if not model_problems:
+        try:
+            layers = model_layers(config)
+        except ValueError as err:
+            problems.append(str(err))
     for k, run in enumerate(config["finetune"]["runs"]):
+        if layers and run.get("task") == "reconstruction" and not layers["vision_transformer"]:
+            problems.append(f"finetune.runs.{k}.task: reconstruction needs a VisionTransformer, and model.timm_name "
+                            f"{config['model']['timm_name']!r} is a {layers['model']}")
         if run["target"] not in datasets:
             problems.append(f"finetune.runs.{k}.target: unknown data set {run['target']!r} (known: {', '.join(datasets)})")
         elif datasets[run["target"]]["kind"] == "cifar10_c":
@@ -214,19 +255,15 @@ def _check_references(config: dict[str, Any]) -> None:
         if "epochs" in run["varied"]:
             problems.append(f"{where}.epochs: every run trains for finetune.epochs (the DAG's checkpoints are "
                             f"the same for all runs); vary other settings per run or in finetune.grid")
-    model_problems = _check_model(config)
-    problems += model_problems
-    depth = None
-    if not model_problems:
-        try:
-            depth = model_depth(config)
-        except ValueError as err:
-            problems.append(str(err))
     blocks = config["stir"]["blocks"]
-    if depth is not None and blocks != "all":
-        bad = [b for b in blocks if not 1 <= b <= depth]
+    if layers is not None and blocks != "all":
+        bad = [b for b in blocks if not 1 <= b <= layers["depth"]]
         if bad:
-            problems.append(f"stir.blocks: {bad} out of range: the model has blocks 1..{depth}")
+            problems.append(f"{selection_key}: {bad} out of range: the model has {layers['layer_kind']}s "
+                            f"1..{layers['depth']}")
+    if layers is not None and config["stir"]["representation"] == "cls" and not layers["class_token"]:
+        problems.append(f"stir.representation: 'cls' needs a model with a class token; {layers['model']} has none "
+                        f"(use tokens or mean)")
     epochs = config["stir"]["epochs"]
     if isinstance(epochs, list):
         bad = [e for e in epochs if e > config["finetune"]["epochs"]]
@@ -235,7 +272,7 @@ def _check_references(config: dict[str, Any]) -> None:
     bad = [c for c in config["robustness"]["corruptions"] if c not in CORRUPTIONS]
     if bad:
         problems.append(f"robustness.corruptions: unknown {bad} (known: {', '.join(CORRUPTIONS)})")
-    problems += _check_convergence(config, names, depth)
+    problems += _check_convergence(config, names, layers["depth"] if layers else None)
     similarity = config["stir"]["similarity"]
     if config["stir"]["image_bootstrap"] and (similarity["kind"] != "linear" or similarity["debiased"]):
         problems.append("stir.image_bootstrap: implemented for stir.similarity kind linear, not debiased "
@@ -292,7 +329,12 @@ def _check_model(config: Mapping[str, Any]) -> list[str]:
     named model is built on the meta device (no memory, no weights), which needs timm and torch.
     """
     model = config["model"]
-    kwargs = dict(model["vit"])
+    kwargs = model_kwargs(model)
+    key = "kwargs" if "kwargs" in model else "vit"
+    return [p.replace("model.vit.", f"model.{key}.") for p in _model_problems(model, kwargs)]
+
+
+def _model_problems(model: Mapping[str, Any], kwargs: dict[str, Any]) -> list[str]:
     problems = []
     if "num_classes" in kwargs:
         problems.append("model.vit.num_classes: set from the target data set; leave it out")
@@ -570,28 +612,45 @@ def run_training(config: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str,
     return _sorted_keys(_merge(base, {**run["varied"], "seed": run["seed"]}))
 
 
-def model_depth(config: Mapping[str, Any]) -> int:
-    """Number of blocks of the configured ViT (from the kwargs, or from timm's config for a named model)."""
+def model_kwargs(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model`` section's constructor arguments: ``kwargs``, or ``vit`` (their older name)."""
+    return dict(model.get("kwargs", model.get("vit")) or {})
+
+
+def model_layers(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the configured model's layers are (see :func:`stirflow.models.describe_timm_model`).
+
+    Without ``model.timm_name`` (timm's VisionTransformer from the keyword arguments) this reads
+    the arguments and imports nothing; a timm name is built on the meta device (no memory, no
+    download), which imports torch and timm.
+    """
     model = config["model"]
+    kwargs = model_kwargs(model)
     if model.get("timm_name"):
-        import timm
-
-        name = model["timm_name"]
-        if not timm.is_model(name.split(".")[0]):
-            raise ValueError(f"model.timm_name: {name!r} is not a timm model")
-        if "depth" in model["vit"]:
-            return int(model["vit"]["depth"])
-        return _timm_depth(name)
-    return int(model["vit"].get("depth", 12))
+        return _timm_layers(model["timm_name"], kwargs, "kwargs" if "kwargs" in model else "vit")
+    depth = int(kwargs.get("depth", 12))
+    return {"model": "VisionTransformer", "family": "VisionTransformer", "layer_kind": "block",
+            "layer_modules": [f"blocks.{i}" for i in range(depth)], "depth": depth, "layout": "NLC",
+            "sequential": True, "class_token": bool(kwargs.get("class_token", True)), "vision_transformer": True}
 
 
-def _timm_depth(name: str) -> int:
-    import torch
+def _timm_layers(name: str, kwargs: dict[str, Any], key: str) -> dict[str, Any]:
     import timm
 
-    # Building on the meta device allocates nothing, so even ViT-H costs no memory here.
-    with torch.device("meta"):
-        return len(timm.create_model(name.split(".")[0], pretrained=False).blocks)
+    if not timm.is_model(name.split(".")[0]):
+        raise ValueError(f"model.timm_name: {name!r} is not a timm model")
+    from .models import describe_timm_model
+
+    try:
+        return describe_timm_model(name, kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+        raise ValueError(f"model.timm_name: {name!r} cannot be built with model.{key} = {kwargs} "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def model_depth(config: Mapping[str, Any]) -> int:
+    """Number of layers of the configured model (blocks of a ViT, stages of a hierarchical model)."""
+    return model_layers(config)["depth"]
 
 
 def stir_blocks(config: Mapping[str, Any]) -> list[int]:
@@ -644,8 +703,11 @@ def convergence_steps(config: Mapping[str, Any]) -> int:
 def model_spec(config: Mapping[str, Any], task: str, num_classes: int) -> dict[str, Any]:
     """The constructor arguments of the configured model (see :func:`stirflow.models.create_model`)."""
     model = config["model"]
-    return {"timm_name": model["timm_name"], "vit": dict(model["vit"]), "mean": list(model["mean"]),
+    spec = {"timm_name": model["timm_name"], "kwargs": model_kwargs(model), "mean": list(model["mean"]),
             "std": list(model["std"]), "task": task, "num_classes": num_classes}
+    if model.get("input_size") is not None:
+        spec["input_size"] = model["input_size"]
+    return spec
 
 
 def training_settings(section: Mapping[str, Any], *, bf16: bool = False) -> dict[str, Any]:

@@ -198,7 +198,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def train(model: StirViT, spec: Mapping[str, Any], train_set: ImageSet, test_set: ImageSet, cfg: Mapping[str, Any], *,
           checkpoints: Sequence[str | os.PathLike], resume_dir: str | os.PathLike, run: str,
-          device: torch.device | str = "cpu", extra_fingerprint: Any = None) -> list[dict[str, Any]]:
+          device: torch.device | str = "cpu", extra_fingerprint: Any = None,
+          checkpoint_dtype: str = "float32") -> list[dict[str, Any]]:
     """Train ``model`` for ``len(checkpoints) − 1`` epochs, saving ``checkpoints[e]`` after epoch ``e``.
 
     ``checkpoints[0]`` is the model before training. Every setting comes from ``cfg`` (the config's
@@ -209,6 +210,8 @@ def train(model: StirViT, spec: Mapping[str, Any], train_set: ImageSet, test_set
     subset of ``train_set``), and ``bf16`` (autocast for training and evaluation).
     State after each epoch goes to ``resume_dir`` (keyed by a fingerprint of ``spec``, ``cfg``
     and ``extra_fingerprint``); a restarted job resumes after the last completed epoch.
+    ``checkpoint_dtype`` stores the weights of ``checkpoints`` in float32, bfloat16 or float16
+    (read back as float32); the resume state is always float32, so resumption stays exact.
     Returns the per-epoch history (epoch, lr, train/test loss and accuracy or L1 error,
     train_fraction, n_train, seconds).
     """
@@ -218,7 +221,9 @@ def train(model: StirViT, spec: Mapping[str, Any], train_set: ImageSet, test_set
     seed = int(cfg.get("seed", 0))
     bf16 = bool(cfg.get("bf16", False))
     device = torch.device(device)
-    resume_dir = Path(resume_dir) / fingerprint(spec, cfg, extra_fingerprint)
+    # stored epochs of another dtype must not be taken over (float32 keeps the fingerprints it had)
+    dtype_key = [] if checkpoint_dtype == "float32" else [checkpoint_dtype]
+    resume_dir = Path(resume_dir) / fingerprint(spec, cfg, extra_fingerprint, *dtype_key)
     resume_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
 
@@ -267,7 +272,7 @@ def train(model: StirViT, spec: Mapping[str, Any], train_set: ImageSet, test_set
                  "  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
         # weights-only checkpoint for the pipeline; full state (optimizer, schedule) for resumption
         epoch_path = resume_dir / f"epoch_{epoch:03d}.pt"
-        save_checkpoint(epoch_path, model, dict(spec), run=run, epoch=epoch, metrics=record)
+        save_checkpoint(epoch_path, model, dict(spec), dtype=checkpoint_dtype, run=run, epoch=epoch, metrics=record)
         save_checkpoint(state_path, model, dict(spec), run=run, epoch=epoch, history=history,
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
         _link_or_copy(epoch_path, Path(checkpoints[epoch]))
