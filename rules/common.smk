@@ -14,6 +14,7 @@ from stirflow.config import (
     convergence_sample,
     convergence_steps,
     expand_runs,
+    model_layers,
     model_spec,
     run_training,
     stir_blocks,
@@ -38,6 +39,8 @@ RUNS = list(RUN_CONFIGS)
 EPOCHS = list(range(config["finetune"]["epochs"] + 1))
 STIR_EPOCHS = stir_epochs(config)
 BLOCKS = stir_blocks(config)
+MODEL_LAYERS = model_layers(config)  # what a layer is: blocks of a ViT, stages of other models
+LAYER_FILES = "blocks" if MODEL_LAYERS["layer_kind"] == "block" else "layers"  # inversion file names
 _per_job = config["stir"]["blocks_per_job"] or len(BLOCKS)
 BLOCK_GROUPS = [BLOCKS[i : i + _per_job] for i in range(0, len(BLOCKS), _per_job)]
 PRETRAINED_WEIGHTS = config["pretrain"]["weights"]
@@ -78,11 +81,12 @@ def block_group_name(blocks):
 
 
 def inversion_path(run, epoch, blocks):
-    return f"{RES}/runs/{run}/inversions/epoch_{int(epoch):03d}/blocks_{block_group_name(blocks)}.h5"
+    return f"{RES}/runs/{run}/inversions/epoch_{int(epoch):03d}/{LAYER_FILES}_{block_group_name(blocks)}.h5"
 
 
 def check_inversion_path(run, epoch):
-    return f"{RES}/runs/{run}/convergence/inversions/epoch_{int(epoch):03d}/blocks_{block_group_name(CHECK_BLOCKS)}.h5"
+    return (f"{RES}/runs/{run}/convergence/inversions/epoch_{int(epoch):03d}/"
+            f"{LAYER_FILES}_{block_group_name(CHECK_BLOCKS)}.h5")
 
 
 def figure_files():

@@ -41,6 +41,7 @@ rule aggregate:
         analysis=config["analysis"],
         convergence={k: config["convergence"][k] for k in ("factor", "tolerance")},
         reference_run=config["robustness"]["reference_run"],
+        model={k: MODEL_LAYERS[k] for k in ("model", "layer_kind", "layer_modules")},
         code=code("aggregate"),
     log:
         f"{RES}/logs/aggregate/aggregate.log",

@@ -2,8 +2,8 @@
 # checkpoint may share a job and a batched pass: stir.blocks_per_job);
 # scores per (run, epoch) against the run's epoch 0 (the model before finetuning).
 
-INVERSION_KEYS = ("n_images", "image_seed", "steps", "step_size", "step_schedule", "final_step_size", "start",
-                  "representation", "norm_p", "seed", "chunk_size", "log_every")
+INVERSION_KEYS = ("n_images", "image_selection", "image_seed", "steps", "step_size", "step_schedule",
+                  "final_step_size", "start", "representation", "norm_p", "seed", "chunk_size", "log_every")
 INVERSION_PARAMS = {k: config["stir"][k] for k in INVERSION_KEYS}
 
 
@@ -12,7 +12,7 @@ rule invert:
         checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
         images=lambda w: dataset_files(run_target(w.run), "test"),
     output:
-        f"{RES}/runs/{{run}}/inversions/epoch_{{epoch}}/blocks_{{blocks}}.h5",
+        f"{RES}/runs/{{run}}/inversions/epoch_{{epoch}}/{LAYER_FILES}_{{blocks}}.h5",
     params:
         stir=INVERSION_PARAMS,
         compute={k: config["compute"][k] for k in ("device", "bf16", "compile")},

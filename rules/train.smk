@@ -2,9 +2,22 @@
 # (from the pretrained weights or from scratch) with a checkpoint after every epoch.
 
 
-# With pretrained weights (pretrain.weights) there is no pretraining stage: asking for its
-# outputs then fails with Snakemake's "no rule to produce" instead of a job without a data set.
-if PRETRAINED_WEIGHTS is None:
+from stirflow.config import check_weights_file, needs_pretraining
+
+
+# A weights file is loaded into the model on the meta device once, when the DAG is built (not in
+# every job: a large .pth takes seconds to read), so a file of another architecture stops the
+# workflow before any job, naming the key.
+if workflow.is_main_process:
+    try:
+        check_weights_file(config)
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
+
+
+# Only runs from the pretrained init without pretrain.weights need a pretraining stage; otherwise
+# asking for its outputs fails with Snakemake's "no rule to produce" instead of a job without a data set.
+if needs_pretraining(config):
 
     rule pretrain:
         input:
@@ -14,10 +27,11 @@ if PRETRAINED_WEIGHTS is None:
             checkpoints=[f"{RES}/pretrain/checkpoints/epoch_{e:03d}.pt" for e in range(config["pretrain"]["epochs"] + 1)],
             history=f"{RES}/pretrain/history.json",
         params:
-            training=training_settings(config["pretrain"]),
+            training=training_settings(config["pretrain"], bf16=config["compute"]["bf16"]),
             model=config["model"],
             resume_dir=f"{RES}/.resume/pretrain",
             device=config["compute"]["device"],
+            checkpoint_dtype=config["compute"]["checkpoint_dtype"],
             code=code("pretrain"),
         log:
             f"{RES}/logs/pretrain/pretrain.log",
@@ -46,6 +60,7 @@ rule finetune:
         weights=PRETRAINED_WEIGHTS,
         resume_dir=lambda w: f"{RES}/.resume/{w.run}",
         device=config["compute"]["device"],
+        checkpoint_dtype=config["compute"]["checkpoint_dtype"],
         code=code("finetune"),
     log:
         f"{RES}/logs/finetune/{{run}}.log",

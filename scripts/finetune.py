@@ -18,6 +18,7 @@ def main(sm):
                           weights=sm.params.weights)
     history = train(model, spec, train_set, test_set, sm.params.training, checkpoints=sm.output.checkpoints,
                     resume_dir=sm.params.resume_dir, run=run["name"], device=pick_device(sm.params.device),
+                    checkpoint_dtype=sm.params.checkpoint_dtype,
                     extra_fingerprint=[run, sm.params.weights, init, sm.input.train, sm.params.code])
     with open(sm.output.history, "w") as f:
         json.dump(history, f, indent=1)

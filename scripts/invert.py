@@ -14,7 +14,7 @@ def main(sm):
     blocks = [int(b) for b in sm.wildcards.blocks.split("-")]
     model = prepare_for_inversion(load_checkpoint(sm.input.checkpoint, device), compile=compute["compile"])
     test = read_image_h5(sm.input.images)
-    indices = select_indices(len(test), s["n_images"], s["image_seed"])
+    indices = select_indices(len(test), s["n_images"], s["image_seed"], s["image_selection"])
     x = to_tensor(test.images[indices]).to(device)
     label = f"{sm.wildcards.run} epoch {int(sm.wildcards.epoch)} blocks {blocks}: "
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute["bf16"]):

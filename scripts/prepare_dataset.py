@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from stirflow.data import SHAPE_CLASSES, make_digits, make_shapes, write_image_h5
+from stirflow.data import PHOTO_CLASSES, SHAPE_CLASSES, make_digits, make_photo_crops, make_shapes, write_image_h5
 from stirflow.workflow import log, run_script
 
 
@@ -25,6 +25,15 @@ def main(sm):
             write_image_h5(out_dir / f"{split}.h5", images, labels, name=name, split=split,
                            source="sklearn.datasets.load_digits (UCI optical recognition of handwritten digits)",
                            seed=spec.get("seed", 0), num_classes=10, classes=[str(d) for d in range(10)])
+            log.info("%s/%s: %d images", name, split, len(labels))
+        return
+    if kind == "photos":
+        splits = make_photo_crops(spec.get("n_train", 4000), spec.get("n_test", 1000), spec.get("image_size", 32),
+                                  spec.get("seed", 0))
+        for split, (images, labels) in splits.items():
+            write_image_h5(out_dir / f"{split}.h5", images, labels, name=name, split=split,
+                           source="stirflow.data.make_photo_crops (scikit-image's bundled images)",
+                           seed=spec.get("seed", 0), num_classes=len(PHOTO_CLASSES), classes=list(PHOTO_CLASSES))
             log.info("%s/%s: %d images", name, split, len(labels))
         return
     from stirflow.public_datasets import prepare_public_dataset

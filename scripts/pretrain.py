@@ -18,6 +18,7 @@ def main(sm):
     model = create_model(spec)
     history = train(model, spec, train_set, test_set, sm.params.training, checkpoints=sm.output.checkpoints,
                     resume_dir=sm.params.resume_dir, run="pretrain", device=pick_device(sm.params.device),
+                    checkpoint_dtype=sm.params.checkpoint_dtype,
                     extra_fingerprint=[sm.input.train, sm.params.code])
     with open(sm.output.history, "w") as f:
         json.dump(history, f, indent=1)

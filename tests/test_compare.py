@@ -124,7 +124,8 @@ def test_compare_a_model_with_itself_is_symmetric(inputs, tmp_path):
     ({"--model-a": "vit_does_not_exist"}, "neither an existing checkpoint file nor a timm model name"),
     ({"--model-b": "missing/model.pt"}, "checkpoint file not found"),
     ({"--model-a": "vit_tiny_patch16_224", "--weights-a": "missing.pth"}, "weight file not found"),
-    ({"--model-a": "resnet18", "--weights-a": "random"}, "not a timm VisionTransformer"),
+    ({"--model-a": "resnet18", "--weights-a": "random", "--blocks": "4"},
+     "[4] out of range: layers 1..3 exist in both models"),  # 4 ResNet stages, 3 ViT blocks
     ({"--blocks": "2,4"}, "[4] out of range: blocks 1..3"),
     ({"--blocks": "two"}, "is not 'all' or a list"),
     ({"--images": "missing.h5"}, "no such file or folder"),

@@ -40,7 +40,7 @@ def failed_outputs(text: str) -> set[str]:
 def checkpoint_differences(a: Path, b: Path) -> list[str]:
     """What differs between two checkpoints: every tensor bit for bit, every other entry by value
     (the epoch's wall time left out). The files' bytes always differ: torch writes a random id."""
-    ca, cb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+    ca, cb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
     diffs = []
     if ca.keys() != cb.keys():
         return [f"keys {sorted(ca)} != {sorted(cb)}"]
@@ -71,18 +71,16 @@ def training_process(root: psutil.Process, log: Path, script: str = "finetune.py
     return None
 
 
-@pytest.fixture(scope="module")
-def resumed_run(tmp_path_factory) -> dict:
-    """configs/smoke.yaml run in a fresh directory; the finetuning of one run is killed (SIGKILL) in
-    the middle of epoch 1, then the same command runs again to the end."""
-    root = tmp_path_factory.mktemp("killed")
-    work = root / "run"
-    log = work / "results" / "logs" / "finetune" / f"{KILLED_RUN}.log"
+def kill_in_epoch_1(work: Path, configfile: Path, run: str, *targets: str) -> tuple[str, str]:
+    """Snakemake on ``configfile`` in ``work`` with the finetuning of ``run`` killed (SIGKILL) in the
+    middle of its epoch 1. Returns the run's log when it was killed and Snakemake's console output."""
+    log = work / "results" / "logs" / "finetune" / f"{run}.log"
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--workflow-profile", str(REPO / "profiles" / "default"), "--configfile", str(SMOKE_CONFIG), "--cores", "2"]
+           "--workflow-profile", str(REPO / "profiles" / "default"), "--configfile", str(configfile), "--cores", "2",
+           *targets]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    t0 = time.time()
-    console = root / "first.out"
+    console = work.parent / f"{work.name}-first.out"
+    console.parent.mkdir(parents=True, exist_ok=True)
     with open(console, "w") as out:
         first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     killed_at, proc = None, None
@@ -91,7 +89,7 @@ def resumed_run(tmp_path_factory) -> dict:
         while killed_at is None and first.poll() is None and time.time() < deadline:
             if proc is None and log.is_file():  # find the process first, to kill it without delay
                 proc = training_process(psutil.Process(first.pid), log)
-            if proc is not None and re.search(rf"{KILLED_RUN}: epoch 1 step \d+/\d+", log.read_text()):
+            if proc is not None and re.search(rf"{run}: epoch 1 step \d+/\d+", log.read_text()):
                 proc.send_signal(signal.SIGKILL)
                 killed_at = log.read_text()
             time.sleep(0.01)
@@ -100,14 +98,30 @@ def resumed_run(tmp_path_factory) -> dict:
         if first.poll() is None:
             first.kill()
     output = console.read_text()
-    assert killed_at is not None, f"the finetuning of {KILLED_RUN} was never seen in epoch 1:\n{output[-4000:]}"
+    assert killed_at is not None, f"the finetuning of {run} was never seen in epoch 1:\n{output[-4000:]}"
     assert first.returncode != 0, output[-4000:]
-    done = [int(e) for e in re.findall(rf"{KILLED_RUN}: epoch (\d+)/\d+ ", killed_at)]
+    return killed_at, output
+
+
+def epochs_done(log_text: str, run: str) -> list[int]:
+    return [int(e) for e in re.findall(rf"{run}: epoch (\d+)/\d+ ", log_text)]
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory) -> dict:
+    """configs/smoke.yaml run in a fresh directory; the finetuning of one run is killed (SIGKILL) in
+    the middle of epoch 1, then the same command runs again to the end."""
+    root = tmp_path_factory.mktemp("killed")
+    work = root / "run"
+    t0 = time.time()
+    killed_at, output = kill_in_epoch_1(work, SMOKE_CONFIG, KILLED_RUN)
+    done = epochs_done(killed_at, KILLED_RUN)
     assert done, killed_at
     resume_states = list((work / "results" / ".resume" / KILLED_RUN).glob("*/state.pt"))
     assert len(resume_states) == 1, resume_states
     rerun = snakemake(work, "--cores", "2")
     print(f"{KILLED_RUN} killed after epoch {max(done)}; both runs {time.time() - t0:.0f} s")
+    log = work / "results" / "logs" / "finetune" / f"{KILLED_RUN}.log"
     return {"work": work, "log": log, "last_done": max(done), "first_output": output, "rerun": rerun}
 
 
@@ -134,6 +148,49 @@ def test_same_seed_and_config_give_the_same_summary(resumed_run, smoke_run):
     a = (resumed_run["work"] / "results" / "summary.nc").read_bytes()
     b = (smoke_run / "results" / "summary.nc").read_bytes()
     assert a == b
+
+
+#: Every training setting that draws random numbers or counts steps, at smoke size, scratch only (no pretraining).
+NEW_SETTINGS = {
+    "datasets": {"digits": {"kind": "digits", "image_size": 16, "test_fraction": 0.25, "seed": 0}},
+    "finetune": {"runs": [{"target": "digits", "init": "scratch"}], "epochs": 3, "batch_size": 64,
+                 "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "warmup_steps": 5, "grad_clip": 1.0,
+                 "schedule": {"name": "step", "milestones": [2], "gamma": 0.5}, "train_fraction": 0.8,
+                 "augment": {"random_resized_crop": {"scale": [0.3, 1.0]}, "hflip": True, "rotation": 5,
+                             "color_jitter": {"brightness": 0.25, "contrast": 0.25, "saturation": 0.25}}},
+}
+
+
+@pytest.mark.slow
+def test_killed_training_with_every_training_setting_resumes_bit_identical(tmp_path):
+    """Random-resized crops, colour jitter, rotations, a step schedule after a warm-up in steps,
+    gradient clipping and a stratified subset: a finetuning job killed in epoch 1 and run again
+    writes the checkpoints and history of an uninterrupted run, bit for bit."""
+    import yaml
+
+    config = yaml.safe_load(SMOKE_CONFIG.read_text())
+    config.update(NEW_SETTINGS)
+    del config["pretrain"]
+    configfile = tmp_path / "settings.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    target = f"results/runs/{KILLED_RUN}/history.json"
+    reference, work = tmp_path / "reference", tmp_path / "killed"
+    snakemake(reference, "--cores", "1", target, configfile=configfile)
+    killed_at, _ = kill_in_epoch_1(work, configfile, KILLED_RUN, target)
+    done = epochs_done(killed_at, KILLED_RUN)
+    assert done and max(done) < 3, killed_at
+    snakemake(work, "--cores", "1", target, configfile=configfile)
+    log = (work / "results" / "logs" / "finetune" / f"{KILLED_RUN}.log").read_text()
+    assert f"{KILLED_RUN}: resuming after epoch {max(done)}" in log, log[-3000:]
+    checkpoints = sorted((reference / "results" / "runs" / KILLED_RUN / "checkpoints").glob("epoch_*.pt"))
+    assert len(checkpoints) == 4
+    for ref in checkpoints:
+        assert checkpoint_differences(work / "results" / "runs" / KILLED_RUN / "checkpoints" / ref.name, ref) == [], ref.name
+    strip = lambda h: [{k: v for k, v in rec.items() if k != "seconds"} for rec in h]  # noqa: E731
+    history = json.loads((work / target).read_text())
+    assert strip(history) == strip(json.loads((reference / target).read_text()))
+    # 1347 training digits; scikit-learn's train_test_split keeps floor(0.8 · 1347)
+    assert {(r["train_fraction"], r["n_train"]) for r in history} == {(0.8, 1077)}
 
 
 # --------------------------------------------------------------------------- corrupt inputs
@@ -192,7 +249,7 @@ def test_non_finite_training_loss_stops_with_run_epoch_step(smoke_copy, tmp_path
 def test_non_finite_inversion_loss_stops_with_run_epoch_step(smoke_copy):
     work = smoke_copy
     checkpoint = work / "results" / "runs" / KILLED_RUN / "checkpoints" / "epoch_001.pt"
-    ckpt = torch.load(checkpoint, weights_only=False)
+    ckpt = torch.load(checkpoint, weights_only=True)
     ckpt["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                           for k, v in ckpt["state_dict"].items()}
     checkpoint.unlink()  # a new file: the resume directory's hard link keeps the good one

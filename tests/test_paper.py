@@ -68,10 +68,10 @@ def test_paper_settings(config):
     assert config["robustness"]["severities"] == [1, 2, 3, 4, 5]
 
 
-def _dry_run(tmp_path, *profile):
+def _dry_run(tmp_path, *profile, configfile=PAPER):
     """Run a dry run of the paper config; return it with its wall-clock and CPU seconds (user + system)."""
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), *profile,
-           "-n", "--configfile", str(PAPER), "--quiet", "rules"]
+           "-n", "--configfile", str(configfile), "--quiet", "rules"]
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, **OFFLINE})
     wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)

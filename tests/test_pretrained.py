@@ -131,11 +131,11 @@ def test_pipeline_skips_pretraining_and_starts_from_the_file(tmp_path):
     assert jobs_by_rule(proc.stdout + proc.stderr) == {"prepare_dataset": 1, "finetune": 2}
     assert not (work / "results" / "pretrain").exists() and not (work / "data" / "shapes").exists()
     epoch0 = read_checkpoint(work / "results" / "runs" / run / "checkpoints" / "epoch_000.pt")
-    vit_state = {k[len("vit."):]: v for k, v in epoch0["state_dict"].items() if k.startswith("vit.")}
+    vit_state = {k[len("net."):]: v for k, v in epoch0["state_dict"].items() if k.startswith("net.")}
     _assert_loaded_from(vit_state, saved)
-    assert epoch0["spec"]["vit"] == CONFIGURED and epoch0["epoch"] == 0
+    assert epoch0["spec"]["kwargs"] == CONFIGURED and epoch0["epoch"] == 0
     scratch0 = read_checkpoint(work / "results" / "runs" / "digits-scratch" / "checkpoints" / "epoch_000.pt")
-    assert not torch.equal(scratch0["state_dict"]["vit.blocks.0.mlp.fc1.weight"], saved["blocks.0.mlp.fc1.weight"])
+    assert not torch.equal(scratch0["state_dict"]["net.blocks.0.mlp.fc1.weight"], saved["blocks.0.mlp.fc1.weight"])
     epoch1 = read_checkpoint(work / "results" / "runs" / run / "checkpoints" / "epoch_001.pt")
     assert np.isfinite(epoch1["metrics"]["test_accuracy"])
 

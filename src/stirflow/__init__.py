@@ -25,6 +25,7 @@ _API = {
     "stir": "invariance",
     "pair_scores": "invariance",
     "block_representation": "models",
+    "layer_representation": "models",
     "create_model": "models",
     "load_checkpoint": "models",
 }

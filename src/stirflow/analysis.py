@@ -47,7 +47,8 @@ MATRICES = ("flow", "flow_reverse", "cka", "within_ref", "within_eval")
 #: summary.nc variable → variable of a stir_scores file (the checkpoint's own inversions are model B's)
 INVERSION_LOSSES = {"inversion_loss": "inversion_loss_b", "inversion_worst_loss": "inversion_worst_loss_b",
                     "inversion_start_loss": "inversion_start_loss_b"}
-HISTORY_KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "train_l1_error", "test_l1_error", "lr")
+HISTORY_KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "train_l1_error", "test_l1_error", "lr",
+                "train_fraction", "n_train")
 #: +1 where the robustness score is an accuracy (higher is better), −1 where it is an error.
 ROBUSTNESS_DIRECTION = {"classification": 1.0, "reconstruction": -1.0}
 #: What ``robustness`` measures, and what ``robustness_oriented`` is, per task (for tables and labels).

@@ -10,7 +10,7 @@ from __future__ import annotations
 __all__ = ["OFFLINE_KINDS", "COMMON_CORRUPTIONS", "EXTRA_CORRUPTIONS", "CORRUPTIONS", "FIGURES"]
 
 #: Data set kinds made on the machine, without a download (:mod:`stirflow.data`).
-OFFLINE_KINDS: tuple[str, ...] = ("shapes", "digits")
+OFFLINE_KINDS: tuple[str, ...] = ("shapes", "digits", "photos")
 
 #: The 15 benchmark corruptions of CIFAR-10-C (Hendrycks & Dietterich 2019), in the paper's order.
 COMMON_CORRUPTIONS: tuple[str, ...] = (

@@ -17,6 +17,9 @@ and a PNG of the three matrices on one 0–1 colour scale next to it::
     stirflow compare --model-a pre.pt --model-b ft.pt --images data/cifar10/test.h5 --out ab.nc
     stirflow compare --model-a vit_base_patch32_224 --weights-a vit_b32.safetensors \\
         --model-b finetuned.pt --images photos/ --blocks 1-12 --out ab.nc
+
+``stirflow convert-checkpoint old.pt [--dtype bfloat16]`` rewrites a checkpoint in the current
+format (:func:`~stirflow.checkpoints.convert_checkpoint`), reading it without running code.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["main", "CompareError", "load_model", "load_images", "parse_blocks", "compare"]
+__all__ = ["main", "CompareError", "load_model", "load_images", "parse_blocks", "compare", "convert"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -50,35 +53,49 @@ def _looks_like_path(spec: str) -> bool:
 
 def load_model(spec: str, weights: str | None, img_size: int | None, device: torch.device,
                option: str = "--model-a", seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A :class:`~stirflow.models.StirViT` from a stirflow checkpoint path or a timm model name.
+    """A :class:`~stirflow.models.StirModel` from a stirflow checkpoint path or a timm model name.
 
-    For a timm name, ``weights`` is a local weight file (``.pth``/``.safetensors``/``.npz``, loaded
+    For a timm name (any model whose layers timm exposes: ViT, DeiT, BEiT, Swin, ConvNeXt,
+    ResNet, ...), ``weights`` is a local weight file (``.pth``/``.safetensors``/``.npz``, loaded
     through timm, position embeddings resampled to ``img_size``), ``"random"`` for a random
     initialisation drawn with ``seed``, or None for timm's pretrained weights (a download).
+    ``img_size`` is a ViT's or Swin's ``img_size``; a convolutional model's images are resized to it.
     Returns the model in eval mode on ``device`` and a description of where it came from.
     """
     import timm
 
-    from .models import create_model, load_checkpoint
+    from .checkpoints import CheckpointError, check_weight_file
+    from .models import create_model, describe_timm_model, load_checkpoint
 
     weights_option = option.replace("model", "weights")
     if Path(spec).is_file():
         if weights:
             raise CompareError(f"{weights_option} applies to timm model names; {spec} is a stirflow checkpoint")
-        model = load_checkpoint(spec, device)
+        try:  # read without running code; a file of another kind is named with what it is
+            model = load_checkpoint(spec, device)
+        except CheckpointError as err:
+            raise CompareError(f"{option}: {err}") from None
         return model, {"source": "checkpoint", "path": str(Path(spec).resolve())}
     if _looks_like_path(spec):
         raise CompareError(f"{option}: {spec}: checkpoint file not found")
     if not timm.is_model(spec.split(".")[0]):
         raise CompareError(f"{option}: {spec!r} is neither an existing checkpoint file nor a timm model name")
-    if weights and weights != "random" and not Path(weights).is_file():
-        raise CompareError(f"{weights_option}: {weights}: weight file not found")
+    if weights and weights != "random":
+        try:
+            check_weight_file(weights, "weight file")
+        except CheckpointError as err:
+            raise CompareError(f"{weights_option}: {err}") from None
 
+    try:
+        fixed_size = describe_timm_model(spec)["fixed_input_size"]
+    except ValueError as err:  # no feature_info / forward_intermediates
+        raise CompareError(f"{option}: {spec!r}: {err}") from None
     cfg = timm.models.get_pretrained_cfg(spec, allow_unregistered=True)
     model_spec: dict[str, Any] = {
-        "timm_name": spec, "num_classes": 0,  # no head: only block outputs are compared
+        "timm_name": spec, "num_classes": 0,  # no head: only layer outputs are compared
         "mean": tuple(cfg.mean) if cfg else (0.5, 0.5, 0.5), "std": tuple(cfg.std) if cfg else (0.5, 0.5, 0.5),
-        "vit": {"img_size": img_size} if img_size else {},
+        "kwargs": {"img_size": img_size} if img_size and fixed_size else {},
+        "input_size": img_size if not fixed_size else None,
     }
     torch.manual_seed(seed)
     try:
@@ -86,13 +103,11 @@ def load_model(spec: str, weights: str | None, img_size: int | None, device: tor
             model = create_model(model_spec)
         else:
             model = create_model(model_spec, pretrained=not weights, weights_file=weights)
-    except AttributeError as err:  # StirViT needs timm's VisionTransformer layout
-        raise CompareError(f"{option}: {spec!r} is not a timm VisionTransformer ({err})") from err
     except (OSError, RuntimeError) as err:
         what = f"weights {weights}" if weights else "timm's pretrained weights (download)"
         raise CompareError(f"{option}: cannot load {what} for {spec!r}: {err}") from err
     info = {"source": "timm", "name": spec, "weights": str(Path(weights).resolve()) if weights and weights != "random"
-            else (weights or "timm pretrained"), "img_size": list(model.img_size)}
+            else (weights or "timm pretrained"), "img_size": list(model.img_size) if model.img_size else None}
     return model.to(device).eval(), info
 
 
@@ -134,8 +149,10 @@ def load_images(path: str, n: int | None, seed: int, size: int) -> tuple[torch.T
     return x, np.asarray(index), info
 
 
-def parse_blocks(text: str, depth: int) -> list[int]:
-    """``"all"`` → 1..depth; ``"1,3,5"`` and ranges ``"2-6"`` → sorted unique blocks, each checked."""
+def parse_blocks(text: str, depth: int, kind: str = "block") -> list[int]:
+    """``"all"`` → 1..depth; ``"1,3,5"`` and ranges ``"2-6"`` → sorted unique layers, each checked.
+
+    ``kind`` names the layers in messages (``block``, ``stage``, ``layer``)."""
     if text.strip().lower() == "all":
         return list(range(1, depth + 1))
     blocks: set[int] = set()
@@ -147,7 +164,7 @@ def parse_blocks(text: str, depth: int) -> list[int]:
         raise CompareError(f"--blocks: {text!r} is not 'all' or a list such as '1,2,3' or '1-4'") from None
     bad = sorted(b for b in blocks if not 1 <= b <= depth)
     if bad or not blocks:
-        raise CompareError(f"--blocks: {bad or text} out of range: blocks 1..{depth} exist in both models")
+        raise CompareError(f"--blocks: {bad or text} out of range: {kind}s 1..{depth} exist in both models")
     return sorted(blocks)
 
 
@@ -175,8 +192,11 @@ def compare(args: argparse.Namespace) -> Path:
         raise CompareError(f"--device: {err}") from err
     model_a, info_a = load_model(args.model_a, args.weights_a, args.img_size, device, "--model-a", args.seed)
     model_b, info_b = load_model(args.model_b, args.weights_b, args.img_size, device, "--model-b", args.seed)
-    blocks = parse_blocks(args.blocks, min(model_a.depth, model_b.depth))
-    size = max(*model_a.img_size, *model_b.img_size)
+    depth = min(model_a.depth, model_b.depth)
+    kind = model_a.layer_kind if model_a.layer_kind == model_b.layer_kind else "layer"
+    blocks = parse_blocks(args.blocks, depth, kind)
+    fixed = [s for m in (model_a, model_b) if m.img_size for s in m.img_size]
+    size = max(fixed) if fixed else (args.img_size or 224)  # a folder's images for two convolutional models
     x, index, image_info = load_images(args.images, args.n_images or None, args.image_seed, size)
     similarity_options = {"kind": args.similarity, "debiased": args.debiased, "batch_size": args.cka_batch_size}
     if args.similarity == "minibatch" and not args.cka_batch_size:
@@ -198,6 +218,9 @@ def compare(args: argparse.Namespace) -> Path:
                             check_steps=args.check_steps or None, progress=bar.update)
     ds["image_index"].values[:] = index
     ds.attrs.update(_settings(args, info_a, info_b, image_info, device, time.perf_counter() - start))
+    for name, model in (("a", model_a), ("b", model_b)):  # what a layer is in each model
+        ds.attrs[f"layer_kind_{name}"] = model.layer_kind
+        ds.attrs[f"layer_modules_{name}"] = json.dumps([model.plan.modules[b - 1] for b in blocks])
     with atomic_path(out) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf")
     draw_heatmaps(ds, out.with_suffix(".png"))
@@ -230,9 +253,10 @@ def heatmap_figure(ds):
     pipeline's flow matrices (:func:`stirflow.plots.matrix_figure`: row i from the bottom up)."""
     from .plots import matrix_figure
 
-    panels = [("flow", "STIR(B | A)", "A block i (inverted)", "B block j"),
-              ("flow_reverse", "STIR(A | B)", "B block i (inverted)", "A block j"),
-              ("cka", "CKA(A, B)", "A block i", "B block j")]
+    label_a, label_b = (f"{m} {ds.attrs.get(f'layer_kind_{m.lower()}', 'block')}" for m in "AB")  # "A stage"
+    panels = [("flow", "STIR(B | A)", f"{label_a} i (inverted)", f"{label_b} j"),
+              ("flow_reverse", "STIR(A | B)", f"{label_b} i (inverted)", f"{label_a} j"),
+              ("cka", "CKA(A, B)", f"{label_a} i", f"{label_b} j")]
     return matrix_figure([ds[name].values for name, *_ in panels], [int(b) for b in ds["layer_ref"].values],
                          titles=[p[1] for p in panels], ylabels=[p[2] for p in panels],
                          xlabels=[p[3] for p in panels],
@@ -328,7 +352,31 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--out", required=True, help="NetCDF output path (.nc); the PNG is written next to it")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    from .checkpoints import CHECKPOINT_DTYPES
+
+    c = sub.add_parser("convert-checkpoint", help="rewrite checkpoints in the current format, without running code",
+                       description="Rewrite stirflow checkpoints in the current format (in place unless --out). "
+                                   "Files are read with PyTorch's restricted unpickler; NumPy values in them become "
+                                   "plain numbers and tensors. A file referring to any other Python object is "
+                                   "refused, and nothing in it is executed.")
+    c.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files (.pt)")
+    c.add_argument("--out", help="output path (one checkpoint only; default: replace the file)")
+    c.add_argument("--dtype", choices=CHECKPOINT_DTYPES,
+                   help="store the weights in this type (default: as stored); they load as float32")
     return parser
+
+
+def convert(args: argparse.Namespace) -> list[Path]:
+    """Run ``stirflow convert-checkpoint``; returns the paths written."""
+    from .checkpoints import convert_checkpoint
+
+    if args.out and len(args.checkpoints) > 1:
+        raise CompareError("--out takes one checkpoint; without it each file is rewritten in place")
+    written = [convert_checkpoint(path, args.out, dtype=args.dtype) for path in args.checkpoints]
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -342,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        compare(args)
+        {"compare": compare, "convert-checkpoint": convert}[args.command](args)
     except (CompareError, CheckpointError, DataFileError) as err:
         print(f"stirflow {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -108,7 +108,8 @@ def compare(model_a, model_b, images, *, blocks: str | Sequence[int] = "all", st
     """
     model_a, model_b = _resolve_model(model_a, "a"), _resolve_model(model_b, "b")
     device = next(model_a.parameters()).device
-    size = max(*model_a.img_size, *model_b.img_size)
+    fixed = [s for m in (model_a, model_b) if m.img_size for s in m.img_size]
+    size = max(fixed) if fixed else 224  # image files for two models without a fixed input size
     x, index = _resolve_images(images, n_images, image_seed, size)
     x = x.to(device)
     depth = min(model_a.depth, model_b.depth)

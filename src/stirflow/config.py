@@ -9,8 +9,12 @@ against the model's depth, timm model and corruption names). Every error is a
 
 from __future__ import annotations
 
+import ast
 import copy
+import functools
+import importlib.util
 import itertools
+import json
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -32,8 +36,14 @@ __all__ = [
     "stir_epochs",
     "stir_blocks",
     "model_depth",
+    "model_layers",
+    "model_kwargs",
     "model_spec",
     "training_settings",
+    "uses_pretrained_init",
+    "needs_pretraining",
+    "vit_arguments",
+    "check_weights_file",
     "convergence_sample",
     "convergence_blocks",
     "convergence_steps",
@@ -141,9 +151,36 @@ def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None 
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("invalid configuration:\n" + "\n".join(_explain(e) for e in errors))
+    given = copy.deepcopy(config)
     _fill_defaults(config, schema, schema)
-    _check_references(config)
+    problems = _apply_aliases(config, given)
+    _check_references(config, problems, _selection_key(given))
     return _sorted_keys(config)
+
+
+#: (section, general name) → the older, ViT-only name of the same key. A config gives one of them;
+#: the configured model's keyword arguments stay under the name given, the STIR layer selection
+#: goes under the older name, which the rules read.
+ALIASES = {("model", "kwargs"): "vit", ("stir", "layers"): "blocks", ("stir", "layers_per_job"): "blocks_per_job"}
+
+
+def _apply_aliases(config: dict[str, Any], given: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for (section, name), old in ALIASES.items():
+        if name not in given.get(section, {}):
+            continue
+        if old in given[section]:
+            problems.append(f"{section}.{name} and {section}.{old}: give one of them ({old} is the older name)")
+        if section == "model":
+            config[section].pop(old, None)  # the default ViT arguments filled in beside the given ones
+        else:
+            config[section][old] = config[section].pop(name)
+    return problems
+
+
+def _selection_key(given: Mapping[str, Any]) -> str:
+    """The name under which the config gave the STIR layer selection (for messages)."""
+    return "stir.layers" if "layers" in given.get("stir", {}) else "stir.blocks"
 
 
 def _sorted_keys(value: Any) -> Any:
@@ -173,8 +210,9 @@ def _explain(error) -> str:
     return f"  {key}: {error.message}"
 
 
-def _check_references(config: dict[str, Any]) -> None:
-    problems: list[str] = []
+def _check_references(config: dict[str, Any], problems: list[str] | None = None,
+                      selection_key: str = "stir.blocks") -> None:
+    problems = list(problems or [])
     datasets = config["datasets"]
     robustness = config["robustness"]
     for name, spec in datasets.items():
@@ -194,20 +232,33 @@ def _check_references(config: dict[str, Any]) -> None:
                         problems.append(f"robustness.{key}: {lacking} not in datasets.{spec['corrupted']}.{key}, "
                                         f"the corrupted test set of {name!r}")
     pre = config["pretrain"]
-    if pre["weights"] is None:
+    if needs_pretraining(config):  # the pretraining settings matter only to a pretraining run
         if pre["dataset"] not in datasets:
             problems.append(f"pretrain.dataset: unknown data set {pre['dataset']!r} (known: {', '.join(datasets)})")
         elif datasets[pre["dataset"]]["kind"] == "cifar10_c":
             problems.append(f"pretrain.dataset: {pre['dataset']!r} is a corrupted test set, not a training set")
-    else:
+    elif pre["weights"] is not None and uses_pretrained_init(config):  # weights that no run loads are not checked
         w = pre["weights"]
+        if w.get("file") and not Path(w["file"]).is_file():
+            problems.append(f"pretrain.weights.file: {w['file']} not found")
         if not (w.get("timm_pretrained") or w.get("file")):
             problems.append("pretrain.weights: give timm_pretrained: true or a file")
         if w.get("timm_pretrained") and not config["model"]["timm_name"]:
             problems.append("pretrain.weights.timm_pretrained: needs model.timm_name")
         if w.get("file") and not config["model"]["timm_name"]:
             problems.append("pretrain.weights.file: needs model.timm_name (the weights' architecture)")
+    model_problems = _check_model(config)
+    problems += model_problems
+    layers = None
+    if not model_problems:
+        try:
+            layers = model_layers(config)
+        except ValueError as err:
+            problems.append(str(err))
     for k, run in enumerate(config["finetune"]["runs"]):
+        if layers and run.get("task") == "reconstruction" and not layers["vision_transformer"]:
+            problems.append(f"finetune.runs.{k}.task: reconstruction needs a VisionTransformer, and model.timm_name "
+                            f"{config['model']['timm_name']!r} is a {layers['model']}")
         if run["target"] not in datasets:
             problems.append(f"finetune.runs.{k}.target: unknown data set {run['target']!r} (known: {', '.join(datasets)})")
         elif datasets[run["target"]]["kind"] == "cifar10_c":
@@ -217,16 +268,25 @@ def _check_references(config: dict[str, Any]) -> None:
     if duplicates:
         problems.append(f"finetune.runs: duplicate run names {duplicates} (give each run a distinct name, or "
                         f"vary a setting with finetune.grid)")
-    try:
-        depth = model_depth(config)
-    except ValueError as err:
-        problems.append(str(err))
-        depth = None
+    if needs_pretraining(config):
+        problems += _check_training("pretrain", pre)
+    problems += _check_training("finetune", config["finetune"])
+    for run in expand_runs(config):
+        if run["varied"]:  # a run's own settings or grid values must fit together too
+            where = f"finetune (run {run['name']})"
+            problems += [p for p in _check_training(where, run_training(config, run)) if p not in problems]
+        if "epochs" in run["varied"]:
+            problems.append(f"{where}.epochs: every run trains for finetune.epochs (the DAG's checkpoints are "
+                            f"the same for all runs); vary other settings per run or in finetune.grid")
     blocks = config["stir"]["blocks"]
-    if depth is not None and blocks != "all":
-        bad = [b for b in blocks if not 1 <= b <= depth]
+    if layers is not None and blocks != "all":
+        bad = [b for b in blocks if not 1 <= b <= layers["depth"]]
         if bad:
-            problems.append(f"stir.blocks: {bad} out of range: the model has blocks 1..{depth}")
+            problems.append(f"{selection_key}: {bad} out of range: the model has {layers['layer_kind']}s "
+                            f"1..{layers['depth']}")
+    if layers is not None and config["stir"]["representation"] == "cls" and not layers["class_token"]:
+        problems.append(f"stir.representation: 'cls' needs a model with a class token; {layers['model']} has none "
+                        f"(use tokens or mean)")
     epochs = config["stir"]["epochs"]
     if isinstance(epochs, list):
         bad = [e for e in epochs if e > config["finetune"]["epochs"]]
@@ -235,7 +295,7 @@ def _check_references(config: dict[str, Any]) -> None:
     bad = [c for c in config["robustness"]["corruptions"] if c not in CORRUPTIONS]
     if bad:
         problems.append(f"robustness.corruptions: unknown {bad} (known: {', '.join(CORRUPTIONS)})")
-    problems += _check_convergence(config, names, depth)
+    problems += _check_convergence(config, names, layers["depth"] if layers else None)
     similarity = config["stir"]["similarity"]
     if config["stir"]["image_bootstrap"] and (similarity["kind"] != "linear" or similarity["debiased"]):
         problems.append("stir.image_bootstrap: implemented for stir.similarity kind linear, not debiased "
@@ -245,6 +305,219 @@ def _check_references(config: dict[str, Any]) -> None:
         problems.append(f"robustness.reference_run: no run named {ref!r} (runs: {', '.join(names)})")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+#: The parameters each learning-rate schedule takes (schemas/config.schema.yaml, definitions.schedule).
+SCHEDULE_PARAMETERS = {"cosine": {"min_factor"}, "linear": {"min_factor"}, "constant": set(),
+                       "step": {"milestones", "gamma"}, "exponential": {"gamma"}}
+
+
+def _check_training(name: str, section: Mapping[str, Any]) -> list[str]:
+    """The training settings of ``pretrain`` or ``finetune`` that fit the schema but not each other."""
+    problems = []
+    if section["warmup_epochs"] and section["warmup_steps"]:
+        problems.append(f"{name}.warmup_steps: give the warm-up in epochs or in steps, not both "
+                        f"({name}.warmup_epochs = {section['warmup_epochs']})")
+    schedule = section["schedule"]
+    schedule = {"name": schedule} if isinstance(schedule, str) else schedule
+    kind = schedule["name"]
+    misplaced = sorted(set(schedule) - {"name"} - SCHEDULE_PARAMETERS[kind])
+    if misplaced:
+        problems.append(f"{name}.schedule: {', '.join(misplaced)} not a parameter of the {kind} schedule "
+                        f"(it takes: {', '.join(sorted(SCHEDULE_PARAMETERS[kind])) or 'none'})")
+    if kind == "step" and "milestones" not in schedule:
+        problems.append(f"{name}.schedule.milestones: the step schedule needs the epochs after which the lr drops "
+                        f"(e.g. {{name: step, milestones: [30, 60], gamma: 0.1}})")
+    if kind == "exponential" and "gamma" not in schedule:
+        problems.append(f"{name}.schedule.gamma: the exponential schedule needs its factor per epoch")
+    late = [m for m in schedule.get("milestones", []) if m >= section["epochs"]]
+    if late:
+        problems.append(f"{name}.schedule.milestones: {late} not before the last epoch ({name}.epochs = {section['epochs']})")
+    crop = section["augment"]["random_resized_crop"]
+    if crop is not None:
+        for key in ("scale", "ratio"):
+            low, high = crop[key]
+            if low > high:
+                problems.append(f"{name}.augment.random_resized_crop.{key}: {crop[key]} is not [min, max]")
+    return problems
+
+
+# --------------------------------------------------------------------------- the model spec
+
+def _check_model(config: Mapping[str, Any]) -> list[str]:
+    """What would stop the configured model from being built, each problem naming its key.
+
+    Without ``model.timm_name`` the check is arithmetic on ``model.vit`` and the defaults of timm's
+    VisionTransformer, read from timm's source (:func:`vit_arguments`), so it imports no torch. A
+    named model is built on the meta device (no memory, no weights), which needs timm and torch.
+    """
+    model = config["model"]
+    kwargs = model_kwargs(model)
+    key = "kwargs" if "kwargs" in model else "vit"
+    return [p.replace("model.vit.", f"model.{key}.") for p in _model_problems(model, kwargs)]
+
+
+def _model_problems(model: Mapping[str, Any], kwargs: dict[str, Any]) -> list[str]:
+    problems = []
+    if "num_classes" in kwargs:
+        problems.append("model.vit.num_classes: set from the target data set; leave it out")
+    if kwargs.get("in_chans", 3) != 3:
+        problems.append(f"model.vit.in_chans: {kwargs['in_chans']}, but images have 3 channels")
+    if problems:
+        return problems
+    if not model["timm_name"]:
+        defaults = vit_arguments()
+        unknown = sorted(set(kwargs) - set(defaults))
+        if unknown:
+            return [f"model.vit.{key}: not an argument of timm's VisionTransformer (its arguments: "
+                    f"{', '.join(defaults)})" for key in unknown]
+        return _vit_shape_problems({**defaults, **kwargs}, given=set(kwargs))
+    return _check_timm_model(model["timm_name"], kwargs)
+
+
+def _pairs(value: Any) -> tuple[int, int] | None:
+    """An int or an (h, w) pair as (h, w); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    return None
+
+
+def _vit_shape_problems(settings: Mapping[str, Any], given: set[str], where: str = "") -> list[str]:
+    """Patch size against image size, heads against width, depth: the constraints timm's ViT has.
+
+    ``settings``: img_size, patch_size, embed_dim, num_heads, depth (given or default); a value the
+    user did not give is named as the default (of ``where``, timm's VisionTransformer by default).
+    """
+    def shown(key: str) -> str:  # the value, and where it came from when the user did not give it
+        return f"{settings[key]!r}" + ("" if key in given else f" ({where or 'the'} default)")
+
+    problems = []
+    img, patch = _pairs(settings.get("img_size")), _pairs(settings.get("patch_size"))
+    for key, value in (("img_size", img), ("patch_size", patch)):
+        if value is None or min(value) < 1:
+            problems.append(f"model.vit.{key}: {settings.get(key)!r} is not a positive int or [height, width]")
+    if img and patch and min(img) > 0 and min(patch) > 0 and (img[0] % patch[0] or img[1] % patch[1]):
+        problems.append(f"model.vit.patch_size: {shown('patch_size')} does not divide model.vit.img_size = {shown('img_size')}")
+    width, heads, depth = settings.get("embed_dim"), settings.get("num_heads"), settings.get("depth")
+    positive = {}
+    for key, value in (("embed_dim", width), ("num_heads", heads), ("depth", depth)):
+        positive[key] = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if not positive[key]:
+            problems.append(f"model.vit.{key}: {value!r} is not a positive integer")
+    if positive["embed_dim"] and positive["num_heads"] and width % heads:
+        problems.append(f"model.vit.num_heads: {shown('num_heads')} does not divide model.vit.embed_dim = {shown('embed_dim')}")
+    return problems
+
+
+@functools.lru_cache(maxsize=1)
+def vit_arguments() -> dict[str, Any]:
+    """The keyword arguments of timm's ``VisionTransformer`` with their defaults, from timm's source.
+
+    Parsing the class's signature (a fraction of a second) instead of importing timm keeps torch
+    out of building the DAG. A default that is not a literal (a layer class) maps to None. Falls
+    back to importing timm if its source does not have the class where expected.
+    """
+    spec = importlib.util.find_spec("timm")  # finds the package without running it
+    source = Path(spec.origin).parent / "models" / "vision_transformer.py" if spec and spec.origin else None
+    try:
+        tree = ast.parse(source.read_text())
+        init = next(f for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "VisionTransformer"
+                    for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    except (AttributeError, OSError, StopIteration, SyntaxError):
+        import inspect
+
+        from timm.models.vision_transformer import VisionTransformer
+
+        params = list(inspect.signature(VisionTransformer.__init__).parameters.values())[1:]
+        return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params}
+    args = init.args.args[1:] + init.args.kwonlyargs
+    defaults = [None] * (len(init.args.args) - 1 - len(init.args.defaults)) + list(init.args.defaults)
+    defaults += list(init.args.kw_defaults)
+
+    def literal(node):
+        try:
+            return ast.literal_eval(node) if node is not None else None
+        except ValueError:
+            return None
+
+    return {a.arg: literal(d) for a, d in zip(args, defaults)}
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model(name: str, kwargs_json: str):
+    """timm's ``name`` built on the meta device with ``kwargs`` (JSON): no memory, no weights."""
+    import warnings
+
+    import timm
+    import torch
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return timm.create_model(name, pretrained=False, **json.loads(kwargs_json))
+
+
+def _check_timm_model(name: str, kwargs: dict[str, Any]) -> list[str]:
+    import timm
+
+    base, _, tag = name.partition(".")
+    if not timm.is_model(base):
+        return [f"model.timm_name: {name!r} is not a timm model (see timm.list_models())"]
+    if tag and name not in timm.list_pretrained(f"{base}.*"):
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{base}.*")]
+        return [f"model.timm_name: timm has no weights {tag!r} for {base} (it has: {', '.join(tags) or 'none'})"]
+    default = _meta_model(base, "{}")
+    settings = _vit_settings(default)
+    if settings is not None:  # a plain ViT: name the key that breaks it
+        problems = _vit_shape_problems({**settings, **kwargs}, given=set(kwargs), where=f"{base}'s")
+        if problems:
+            return problems
+    try:
+        _meta_model(base, json.dumps(kwargs, sort_keys=True))
+    except (AssertionError, TypeError, ValueError, RuntimeError, KeyError) as err:
+        return [f"model.vit: timm cannot build {base} with {kwargs} ({type(err).__name__}: {err})"]
+    return []
+
+
+def _vit_settings(vit) -> dict[str, Any] | None:
+    """img_size, patch_size, embed_dim, num_heads, depth of a built timm VisionTransformer (None for other models)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(vit, VisionTransformer):
+        return None
+    return {"img_size": list(vit.patch_embed.img_size), "patch_size": list(vit.patch_embed.patch_size),
+            "embed_dim": vit.embed_dim, "num_heads": vit.blocks[0].attn.num_heads, "depth": len(vit.blocks)}
+
+
+def check_weights_file(config: Mapping[str, Any]) -> None:
+    """Load ``pretrain.weights.file`` into the configured model on the meta device: a file that is not
+    weights, or weights of another architecture, raise :class:`ConfigError` naming the key.
+
+    The file is read (seconds for a large ``.pth``; a ``.safetensors`` file is mapped, not read),
+    so the workflow calls this once per invocation, not in every job.
+    """
+    weights = config["pretrain"]["weights"]
+    if not (weights and weights.get("file")) or not uses_pretrained_init(config):
+        return
+    import warnings
+
+    import torch
+
+    from .models import create_model
+
+    spec = model_spec(config, "classification", 2)  # the head is replaced: any class count fits
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # copying into meta tensors is a no-op, and torch says so
+            create_model(spec, weights_file=weights["file"])
+    except Exception as err:  # noqa: BLE001 - whatever the loader raises, the file does not fit
+        lines = str(err).strip().splitlines()  # a state dict that does not fit lists every tensor: show a few
+        shown = "\n    ".join(line.strip() for line in lines[:4]) + (f"\n    ... ({len(lines) - 4} more lines)"
+                                                                   if len(lines) > 4 else "")
+        raise ConfigError(f"invalid configuration:\n  pretrain.weights.file: {shown}") from None
 
 
 def _check_convergence(config: Mapping[str, Any], names: list[str], depth: int | None) -> list[str]:
@@ -358,31 +631,49 @@ def run_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def run_training(config: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """The finetuning settings of ``run``: the finetune section's, with the run's own and its seed."""
-    return _sorted_keys(_merge(training_settings(config["finetune"]), {**run["varied"], "seed": run["seed"]}))
+    base = training_settings(config["finetune"], bf16=config["compute"]["bf16"])
+    return _sorted_keys(_merge(base, {**run["varied"], "seed": run["seed"]}))
+
+
+def model_kwargs(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model`` section's constructor arguments: ``kwargs``, or ``vit`` (their older name)."""
+    return dict(model.get("kwargs", model.get("vit")) or {})
+
+
+def model_layers(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the configured model's layers are (see :func:`stirflow.models.describe_timm_model`).
+
+    Without ``model.timm_name`` (timm's VisionTransformer from the keyword arguments) this reads
+    the arguments and imports nothing; a timm name is built on the meta device (no memory, no
+    download), which imports torch and timm.
+    """
+    model = config["model"]
+    kwargs = model_kwargs(model)
+    if model.get("timm_name"):
+        return _timm_layers(model["timm_name"], kwargs, "kwargs" if "kwargs" in model else "vit")
+    depth = int(kwargs.get("depth", 12))
+    return {"model": "VisionTransformer", "family": "VisionTransformer", "layer_kind": "block",
+            "layer_modules": [f"blocks.{i}" for i in range(depth)], "depth": depth, "layout": "NLC",
+            "sequential": True, "class_token": bool(kwargs.get("class_token", True)), "vision_transformer": True}
+
+
+def _timm_layers(name: str, kwargs: dict[str, Any], key: str) -> dict[str, Any]:
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):
+        raise ValueError(f"model.timm_name: {name!r} is not a timm model")
+    from .models import describe_timm_model
+
+    try:
+        return describe_timm_model(name, kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+        raise ValueError(f"model.timm_name: {name!r} cannot be built with model.{key} = {kwargs} "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def model_depth(config: Mapping[str, Any]) -> int:
-    """Number of blocks of the configured ViT (from the kwargs, or from timm's config for a named model)."""
-    model = config["model"]
-    if model.get("timm_name"):
-        import timm
-
-        name = model["timm_name"]
-        if not timm.is_model(name.split(".")[0]):
-            raise ValueError(f"model.timm_name: {name!r} is not a timm model")
-        if "depth" in model["vit"]:
-            return int(model["vit"]["depth"])
-        return _timm_depth(name)
-    return int(model["vit"].get("depth", 12))
-
-
-def _timm_depth(name: str) -> int:
-    import torch
-    import timm
-
-    # Building on the meta device allocates nothing, so even ViT-H costs no memory here.
-    with torch.device("meta"):
-        return len(timm.create_model(name.split(".")[0], pretrained=False).blocks)
+    """Number of layers of the configured model (blocks of a ViT, stages of a hierarchical model)."""
+    return model_layers(config)["depth"]
 
 
 def stir_blocks(config: Mapping[str, Any]) -> list[int]:
@@ -401,6 +692,16 @@ def stir_epochs(config: Mapping[str, Any]) -> list[int]:
     else:
         chosen = set(range(min(sel["first"], last + 1))) | set(range(0, last + 1, sel["every"]))
     return sorted(chosen | {0, last})
+
+
+def uses_pretrained_init(config: Mapping[str, Any]) -> bool:
+    """Whether any finetuning run starts from pretrained weights."""
+    return any(run.get("init", "pretrained") == "pretrained" for run in config["finetune"]["runs"])
+
+
+def needs_pretraining(config: Mapping[str, Any]) -> bool:
+    """Whether the DAG has a pretraining job: some run starts pretrained and no weights replace pretraining."""
+    return config["pretrain"]["weights"] is None and uses_pretrained_init(config)
 
 
 def convergence_sample(config: Mapping[str, Any]) -> list[tuple[str, int]]:
@@ -425,10 +726,15 @@ def convergence_steps(config: Mapping[str, Any]) -> int:
 def model_spec(config: Mapping[str, Any], task: str, num_classes: int) -> dict[str, Any]:
     """The constructor arguments of the configured model (see :func:`stirflow.models.create_model`)."""
     model = config["model"]
-    return {"timm_name": model["timm_name"], "vit": dict(model["vit"]), "mean": list(model["mean"]),
+    spec = {"timm_name": model["timm_name"], "kwargs": model_kwargs(model), "mean": list(model["mean"]),
             "std": list(model["std"]), "task": task, "num_classes": num_classes}
+    if model.get("input_size") is not None:
+        spec["input_size"] = model["input_size"]
+    return spec
 
 
-def training_settings(section: Mapping[str, Any]) -> dict[str, Any]:
-    """The training keys of ``pretrain`` or ``finetune`` (runs, replicates, grid and data choice left out)."""
-    return {k: v for k, v in section.items() if k not in (*FINETUNE_STRUCTURE, "dataset", "weights")}
+def training_settings(section: Mapping[str, Any], *, bf16: bool = False) -> dict[str, Any]:
+    """The training keys of ``pretrain`` or ``finetune`` (runs, replicates, grid and data choice left
+    out), and ``bf16``: whether training runs under bf16 autocast (``compute.bf16``)."""
+    return {**{k: v for k, v in section.items() if k not in (*FINETUNE_STRUCTURE, "dataset", "weights")},
+            "bf16": bool(bf16)}

@@ -27,11 +27,14 @@ from .files import DataFileError, atomic_path, check_arrays
 __all__ = [
     "ImageSet",
     "select_indices",
+    "stratified_indices",
     "write_image_h5",
     "read_image_h5",
     "to_tensor",
     "make_shapes",
     "make_digits",
+    "make_photo_crops",
+    "PHOTO_CLASSES",
     "DataFileError",
 ]
 
@@ -57,11 +60,33 @@ class ImageSet:
         return ImageSet(self.images[index], self.labels[index], {**self.attrs, "subset_seed": seed})
 
 
-def select_indices(total: int, n: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of ``n`` of ``total`` items, a seeded choice (all items when ``n`` is None or ≥ total)."""
+def select_indices(total: int, n: int | None, seed: int, selection: str = "random") -> np.ndarray:
+    """Sorted indices of ``n`` of ``total`` items (all items when ``n`` is None or ≥ total).
+
+    ``selection``: ``"random"``, a seeded choice; ``"first"``, items 0..n−1 (what the paper's
+    code took: the first images of the test split).
+    """
     if n is None or n >= total:
         return np.arange(total)
+    if selection == "first":
+        return np.arange(n)
+    if selection != "random":
+        raise ValueError(f"unknown selection {selection!r}; expected 'random' or 'first'")
     return np.sort(np.random.default_rng(seed).permutation(total)[:n])
+
+
+def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified, seeded ``fraction`` of the items: each class keeps its share.
+
+    All items when ``fraction`` is 1. scikit-learn's ``train_test_split`` draws the subset; it
+    raises ``ValueError`` when the subset would have fewer items than there are classes.
+    """
+    if fraction >= 1:
+        return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split
+
+    chosen, _ = train_test_split(np.arange(len(labels)), train_size=fraction, random_state=seed, stratify=labels)
+    return np.sort(chosen)
 
 
 def write_image_h5(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, **attrs: Any) -> None:
@@ -220,3 +245,56 @@ def make_digits(image_size: int, test_fraction: float, seed: int) -> dict[str, t
                                        random_state=seed, stratify=labels)
     return {"train": (images[np.sort(i_train)], labels[np.sort(i_train)]),
             "test": (images[np.sort(i_test)], labels[np.sort(i_test)])}
+
+
+#: scikit-image's bundled photographs and textures (offline: they ship in the wheel), one class each.
+PHOTO_CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                 "retina", "brick", "grass", "gravel")
+
+
+def _photo(name: str) -> np.ndarray:
+    """One of :data:`PHOTO_CLASSES` as uint8 (H, W, 3)."""
+    from skimage import data as skdata
+
+    image = np.asarray(getattr(skdata, name)())
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return image[..., :3].astype(np.uint8)
+
+
+def make_photo_crops(n_train: int, n_test: int, image_size: int, seed: int,
+                     short_side: int = 128) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Crops of real photographs and textures (scikit-image's bundled images), labelled by their source.
+
+    Each of the 10 images of :data:`PHOTO_CLASSES` is resized so its short side is ``short_side``
+    pixels; a crop is a random square of 1–2.5 × ``image_size`` pixels, resized to ``image_size``
+    and flipped at random. Training crops come from the left 70 % of each image, test crops from the
+    right 30 %, so no test pixel was seen in training. The task needs colour and texture, where
+    digits need stroke shape. Returns ``{"train": (images, labels), "test": (images, labels)}``.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sources = []
+    for name in PHOTO_CLASSES:
+        img = Image.fromarray(_photo(name))
+        scale = short_side / min(img.size)
+        sources.append(np.asarray(img.resize((round(img.width * scale), round(img.height * scale)),
+                                             Image.Resampling.LANCZOS)))
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, len(PHOTO_CLASSES), size=n)
+        images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
+        for k, label in enumerate(labels):
+            src = sources[label]
+            h, w = src.shape[:2]
+            lo, hi = (0, int(0.7 * w)) if split == "train" else (int(0.7 * w), w)
+            side = int(min(rng.uniform(1.0, 2.5) * image_size, h, hi - lo))
+            y = rng.integers(0, h - side + 1)
+            x = rng.integers(lo, hi - side + 1)
+            crop = Image.fromarray(src[y:y + side, x:x + side]).resize((image_size, image_size),
+                                                                       Image.Resampling.BILINEAR)
+            crop = np.asarray(crop)
+            images[k] = crop[:, ::-1] if rng.random() < 0.5 else crop
+        out[split] = (images, labels.astype(np.int64))
+    return out

@@ -39,17 +39,15 @@ def stir(fn_ref: Callable[[torch.Tensor], torch.Tensor], fn_eval: Callable[[torc
 @torch.no_grad()
 def block_features(model, images: torch.Tensor, blocks: Sequence[int], representation: str = "tokens",
                    batch_size: int = 256) -> dict[int, torch.Tensor]:
-    """Block representations of ``images`` (N, C, H, W): ``{block: (N, F)}``, one pass per batch."""
-    from .models import pool_tokens
-
+    """Layer (block) representations of ``images`` (N, C, H, W): ``{block: (N, F)}``, one pass per batch."""
     blocks = sorted(set(int(b) for b in blocks))
     device = next(model.parameters()).device
     parts: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
     with _eval_mode(model):  # features of a model left in train mode would carry dropout noise
         for lo in range(0, len(images), batch_size):
-            outs = model.block_outputs(images[lo:lo + batch_size].to(device), blocks[-1])
+            outs = model.layer_outputs(images[lo:lo + batch_size].to(device), blocks[-1])
             for b in blocks:
-                parts[b].append(pool_tokens(outs[b - 1], representation, model.num_prefix_tokens))
+                parts[b].append(model.pool(outs[b - 1], representation))
     return {b: torch.cat(p) for b, p in parts.items()}
 
 

@@ -258,7 +258,7 @@ def invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, 
                   start: str = "noise", representation: str = "tokens", norm_p: float = 2.0,
                   chunk_size: int | None = None, log_every: int = 0, label: str = "",
                   progress: Callable[[int], None] | None = None) -> dict[int, InversionResult]:
-    """Invert several blocks of one :class:`~stirflow.models.StirViT` in shared passes.
+    """Invert several layers (blocks) of one :class:`~stirflow.models.StirModel` in shared passes.
 
     The images for all blocks are stacked (block-major) and descended together; each sample's loss is
     taken at its own block, and a sample leaves the forward pass after its block, so no block is
@@ -277,38 +277,32 @@ def _invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int,
                    step_schedule: str, final_step_size: float | None, seed: int, start: str, representation: str,
                    norm_p: float, chunk_size: int | None, log_every: int, label: str,
                    progress: Callable[[int], None] | None) -> dict[int, InversionResult]:
-    from .models import pool_tokens
-
     blocks = sorted(set(int(b) for b in blocks))
     if not blocks or blocks[0] < 1 or blocks[-1] > model.depth:  # block 0 would index outs[-1] silently
-        raise ValueError(f"blocks {blocks} out of range: the model has blocks 1..{model.depth}")
+        kind = model.layer_kind
+        raise ValueError(f"{kind}s {blocks} out of range: the model has {kind}s 1..{model.depth}")
     n = len(x)
-    with torch.no_grad():
-        outs = model.block_outputs(x, blocks[-1])
-        targets = torch.cat([pool_tokens(outs[b - 1], representation, model.num_prefix_tokens).flatten(1)
-                             for b in blocks])
+    with torch.no_grad():  # per block: layers of a hierarchical model differ in width
+        outs = model.layer_outputs(x, blocks[-1])
+        targets = [model.pool(outs[b - 1], representation).flatten(1) for b in blocks]
     stacked_x0 = inversion_start(x, start, seed).repeat(len(blocks), 1, 1, 1)
-    block_of = torch.tensor(blocks, device=x.device).repeat_interleave(n)
 
     def loss_on(sl: slice) -> Callable[[torch.Tensor], torch.Tensor]:
         # Stacking is block-major with blocks ascending, so within any chunk the samples that stop
         # at the shallowest block come first: each exit is a slice, never a boolean mask (no
         # gather/scatter in the backward pass, and no host sync on a GPU).
-        exits, counts = torch.unique_consecutive(block_of[sl], return_counts=True)
-        exit_count = dict(zip(exits.tolist(), counts.tolist()))
-        chunk_targets = targets[sl]
+        exit_count, exit_targets = {}, []
+        for k, b in enumerate(blocks):
+            lo, hi = max(sl.start, k * n), min(sl.stop, (k + 1) * n)  # this block's rows in the chunk
+            if lo < hi:
+                exit_count[b] = hi - lo
+                exit_targets.append(targets[k][lo - k * n:hi - k * n])
 
         def loss_fn(z: torch.Tensor) -> torch.Tensor:
-            h = model.embed(z)
-            losses, done = [], 0
-            for depth, block in enumerate(model.vit.blocks[:max(exit_count)], start=1):
-                h = block(h)
-                k = exit_count.get(depth, 0)
-                if k:
-                    rep = pool_tokens(h[:k], representation, model.num_prefix_tokens)
-                    losses.append(relative_loss(rep, chunk_targets[done:done + k], norm_p))
-                    h, done = h[k:], done + k  # these samples are done: stop their forward pass
-            return torch.cat(losses)
+            # the model stops each sample's forward pass after its own block (StirModel.exit_outputs)
+            outputs = model.exit_outputs(z, exit_count)
+            return torch.cat([relative_loss(model.pool(h, representation), target, norm_p)
+                              for h, target in zip(outputs, exit_targets)])
 
         return loss_fn
 

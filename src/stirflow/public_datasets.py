@@ -287,6 +287,7 @@ def _scan_tar_images(archive: Path, wanted: dict[str, tuple[str, int]], size: in
                                                  file=sys.stderr, disable=not progress, leave=False) as bar:
         try:
             for info in tar:
+                _check_member(archive, info.name, info.linkname if info.issym() or info.islnk() else None)
                 name = info.name[2:] if info.name.startswith("./") else info.name
                 if not info.isfile() or name not in wanted:
                     continue
@@ -342,6 +343,7 @@ def _eurosat_members(zf: zipfile.ZipFile, archive: Path) -> dict[str, list[str]]
     """JPEG members by class folder (``2750/<Class>/<Class>_<i>.jpg``), in natural order."""
     by_class: dict[str, list[str]] = {}
     for info in zf.infolist():
+        _check_member(archive, info.filename)
         parts = PurePosixPath(info.filename).parts
         if info.is_dir() or len(parts) < 2 or any(p.startswith(("__MACOSX", ".")) for p in parts):
             continue
@@ -447,13 +449,33 @@ _CONVERTERS: dict[str, Callable[..., list[Path]]] = {
 
 @contextmanager
 def _open_tar(archive: Path, mode: str) -> Iterator[tarfile.TarFile]:
-    """Open a tar archive; a damaged one is a DataFileError naming the file."""
+    """Open a tar archive; a damaged one, or one with a member outside its own tree, is a
+    DataFileError naming the file (a streamed archive's members are checked as they are read)."""
     try:
         tar = tarfile.open(archive, mode)
     except (tarfile.TarError, EOFError, OSError) as err:
         raise DataFileError(f"{archive}: not a readable tar archive ({err})") from err
     with tar:
+        if "|" not in mode:
+            try:
+                members = tar.getmembers()
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+                raise DataFileError(f"{archive}: damaged tar archive ({err})") from err
+            for info in members:
+                _check_member(archive, info.name, info.linkname if info.issym() or info.islnk() else None)
         yield tar
+
+
+def _check_member(archive: Path, name: str, link: str | None = None) -> None:
+    """Refuse a member (or link target) with an absolute path or ``..``: official archives have
+    neither, and a member that points outside the archive's tree is not what its name says."""
+    for path, what in ((name, ""), (link, f" (a link to {link})")):
+        if path is None:
+            continue
+        pure = PurePosixPath(path.replace("\\", "/"))
+        if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", path):
+            raise DataFileError(f"{archive}: member {name}{what} lies outside the archive's own tree "
+                                f"(an absolute path or '..'); refusing it")
 
 
 @contextmanager

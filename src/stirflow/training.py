@@ -24,14 +24,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSet, to_tensor
+from .augmentation import augment
+from .data import ImageSet, stratified_indices, to_tensor
 from .files import atomic_path
 from .models import StirViT, read_checkpoint, save_checkpoint
 
 __all__ = [
     "TrainingError",
     "make_optimizer",
-    "cosine_lr",
+    "SCHEDULES",
+    "lr_factor",
+    "make_scheduler",
+    "warmup_steps",
     "augment",
     "task_loss",
     "evaluate",
@@ -57,42 +61,69 @@ def make_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.opti
     raise ValueError(f"unknown optimizer {name!r}; expected 'sgd' or 'adamw'")
 
 
-def cosine_lr(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-              schedule: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule: linear warm-up, then cosine decay to 0 (or constant)."""
+SCHEDULES = ("cosine", "linear", "constant", "step", "exponential")
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+def lr_factor(step: int, schedule: str | Mapping[str, Any], *, steps_per_epoch: int, total_steps: int,
+              warmup_steps: int = 0) -> float:
+    """The learning rate after ``step`` optimizer steps, as a fraction of the base rate.
+
+    The first ``warmup_steps`` steps rise linearly to 1 (step s: (s + 1) / warmup_steps). Then
+    ``schedule``, a name or a mapping ``{name, ...parameters}``:
+
+    * ``cosine``: half a cosine from 1 to ``min_factor`` (default 0) over the steps after the warm-up;
+    * ``linear``: a straight line from 1 to ``min_factor`` over the same steps;
+    * ``constant``: 1;
+    * ``step``: ``gamma`` (default 0.1) to the power of the number of ``milestones`` (epochs)
+      completed — the lr drops after each milestone epoch, as ``MultiStepLR`` stepped per epoch;
+    * ``exponential``: ``gamma`` to the power of the completed epochs, as ``ExponentialLR``.
+
+    Epochs count from the start of training, so a milestone means the same epoch with or without
+    a warm-up.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    schedule = {"name": schedule} if isinstance(schedule, str) else dict(schedule)
+    name = schedule["name"]
+    epochs_done = step // max(1, steps_per_epoch)
+    if name in ("cosine", "linear"):
+        low = float(schedule.get("min_factor", 0.0))
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if name == "cosine" else 1.0 - progress
+        return low + (1.0 - low) * shape
+    if name == "constant":
+        return 1.0
+    if name == "step":
+        return float(schedule.get("gamma", 0.1)) ** sum(epochs_done >= m for m in schedule["milestones"])
+    if name == "exponential":
+        return float(schedule["gamma"]) ** epochs_done
+    raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULES}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str | Mapping[str, Any], *, steps_per_epoch: int,
+                   epochs: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step ``LambdaLR`` following :func:`lr_factor`; its state (the step count) resumes exactly."""
+    total = epochs * steps_per_epoch
+
+    def factor(step: int) -> float:  # a plain function: the scheduler's state holds only its step count
+        return lr_factor(step, schedule, steps_per_epoch=steps_per_epoch, total_steps=total, warmup_steps=warmup_steps)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def augment(images: torch.Tensor, cfg: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
-    """Random translation (zero padding + crop) and optional horizontal flip of (N, C, H, W) images."""
-    pad = int(cfg.get("crop_padding", 0))
-    n, _, h, w = images.shape
-    if pad > 0:
-        padded = F.pad(images, (pad, pad, pad, pad), mode="reflect" if pad < min(h, w) else "constant")
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h)[None]).to(images.device)  # (N, H)
-        cols = (dx[:, None] + torch.arange(w)[None]).to(images.device)  # (N, W)
-        idx = torch.arange(n, device=images.device)[:, None, None]
-        images = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    if cfg.get("hflip", False):
-        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    return images.contiguous()
+def warmup_steps(cfg: Mapping[str, Any], steps_per_epoch: int) -> int:
+    """The warm-up in optimizer steps: ``warmup_steps``, or ``warmup_epochs`` epochs of steps."""
+    return int(cfg.get("warmup_steps", 0)) or int(cfg.get("warmup_epochs", 0)) * steps_per_epoch
+
+
+def _autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on ``device`` when ``bf16`` (weights, gradients and optimizer state stay fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(bf16))
 
 
 def task_loss(model: StirViT, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss, per-sample score): cross-entropy and correctness, or L1 and per-sample L1 error."""
-    out = model(images)
+    out = model(images).float()  # the loss in fp32 under bf16 autocast too (a no-op in fp32)
     if model.task == "classification":
         return F.cross_entropy(out, labels), (out.argmax(1) == labels).float()
     target = model.resize(images)
@@ -102,12 +133,13 @@ def task_loss(model: StirViT, images: torch.Tensor, labels: torch.Tensor) -> tup
 
 @torch.no_grad()
 def evaluate(model: StirViT, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
-             target_images: torch.Tensor | None = None) -> dict[str, float]:
+             target_images: torch.Tensor | None = None, *, bf16: bool = False) -> dict[str, float]:
     """Loss and accuracy (classification) or L1 error (reconstruction) over a whole set.
 
     ``images`` are float (N, C, H, W) in [0, 1] or uint8 (N, H, W, C). For reconstruction,
     ``target_images`` (clean images, same format) replaces the input as the target — the
-    robustness measure: corrupted inputs against clean targets.
+    robustness measure: corrupted inputs against clean targets. ``bf16``: the forward passes
+    under bf16 autocast (losses and errors summed in fp32).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -115,7 +147,8 @@ def evaluate(model: StirViT, images: torch.Tensor, labels: torch.Tensor, batch_s
     for lo in range(0, len(images), batch_size):
         xb = _as_float(images[lo:lo + batch_size]).to(device)
         yb = labels[lo:lo + batch_size].to(device)
-        out = model(xb)
+        with _autocast(device, bf16):
+            out = model(xb).float()
         if model.task == "classification":
             total += float(F.cross_entropy(out, yb, reduction="sum"))
             score += float((out.argmax(1) == yb).sum())
@@ -133,6 +166,11 @@ def _as_float(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     if isinstance(images, np.ndarray) or images.dtype == torch.uint8:
         return to_tensor(np.asarray(images))
     return images
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) → float (N, C, H, W) in [0, 1] on ``device``: moved as bytes, converted there."""
+    return images.to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -160,33 +198,48 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def train(model: StirViT, spec: Mapping[str, Any], train_set: ImageSet, test_set: ImageSet, cfg: Mapping[str, Any], *,
           checkpoints: Sequence[str | os.PathLike], resume_dir: str | os.PathLike, run: str,
-          device: torch.device | str = "cpu", extra_fingerprint: Any = None) -> list[dict[str, Any]]:
+          device: torch.device | str = "cpu", extra_fingerprint: Any = None,
+          checkpoint_dtype: str = "float32") -> list[dict[str, Any]]:
     """Train ``model`` for ``len(checkpoints) − 1`` epochs, saving ``checkpoints[e]`` after epoch ``e``.
 
-    ``checkpoints[0]`` is the model before training. ``cfg``: ``epochs``, ``batch_size``,
-    ``optimizer`` (see :func:`make_optimizer`), ``schedule`` (cosine or constant),
-    ``warmup_epochs``, ``augment`` (see :func:`augment`), ``seed``, ``eval_batch_size``.
+    ``checkpoints[0]`` is the model before training. Every setting comes from ``cfg`` (the config's
+    ``pretrain`` or ``finetune`` section): ``epochs``, ``batch_size``, ``optimizer`` (see
+    :func:`make_optimizer`), ``schedule`` (see :func:`lr_factor`), ``warmup_epochs`` or
+    ``warmup_steps``, ``grad_clip``, ``augment`` (see :func:`~stirflow.augmentation.augment`),
+    ``seed``, ``eval_batch_size``, ``train_fraction`` with ``train_subset_seed`` (a stratified
+    subset of ``train_set``), and ``bf16`` (autocast for training and evaluation).
     State after each epoch goes to ``resume_dir`` (keyed by a fingerprint of ``spec``, ``cfg``
     and ``extra_fingerprint``); a restarted job resumes after the last completed epoch.
-    Returns the per-epoch history (epoch, lr, train/test loss and accuracy or L1 error, seconds).
+    ``checkpoint_dtype`` stores the weights of ``checkpoints`` in float32, bfloat16 or float16
+    (read back as float32); the resume state is always float32, so resumption stays exact.
+    Returns the per-epoch history (epoch, lr, train/test loss and accuracy or L1 error,
+    train_fraction, n_train, seconds).
     """
     epochs = len(checkpoints) - 1
     if epochs != cfg["epochs"]:
         raise ValueError(f"{len(checkpoints)} checkpoint paths for {cfg['epochs']} epochs (need epochs + 1)")
     seed = int(cfg.get("seed", 0))
+    bf16 = bool(cfg.get("bf16", False))
     device = torch.device(device)
-    resume_dir = Path(resume_dir) / fingerprint(spec, cfg, extra_fingerprint)
+    # stored epochs of another dtype must not be taken over (float32 keeps the fingerprints it had)
+    dtype_key = [] if checkpoint_dtype == "float32" else [checkpoint_dtype]
+    resume_dir = Path(resume_dir) / fingerprint(spec, cfg, extra_fingerprint, *dtype_key)
     resume_dir.mkdir(parents=True, exist_ok=True)
     model.to(device)
 
-    x_train = torch.from_numpy(train_set.images)  # uint8 (N, H, W, C); converted per batch
-    y_train = torch.from_numpy(train_set.labels)
+    fraction = float(cfg.get("train_fraction", 1.0))
+    try:
+        subset = stratified_indices(train_set.labels, fraction, int(cfg.get("train_subset_seed", 0)))
+    except ValueError as err:  # fewer images than classes
+        raise TrainingError(f"{run}: train_fraction = {fraction} of {len(train_set)} training images: {err}") from None
+    x_train = torch.from_numpy(train_set.images[subset])  # uint8 (N, H, W, C); converted per batch
+    y_train = torch.from_numpy(train_set.labels[subset])
     x_test, y_test = torch.from_numpy(test_set.images), torch.from_numpy(test_set.labels)
     bs = int(cfg["batch_size"])
     steps_per_epoch = max(1, len(x_train) // bs)  # drop the last partial batch: equal steps every epoch
     optimizer = make_optimizer(model, cfg["optimizer"])
-    scheduler = cosine_lr(optimizer, epochs * steps_per_epoch,
-                          int(cfg.get("warmup_epochs", 0)) * steps_per_epoch, cfg.get("schedule", "cosine"))
+    scheduler = make_scheduler(optimizer, cfg.get("schedule", "cosine"), steps_per_epoch=steps_per_epoch,
+                               epochs=epochs, warmup_steps=warmup_steps(cfg, steps_per_epoch))
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -205,20 +258,21 @@ def train(model: StirViT, spec: Mapping[str, Any], train_set: ImageSet, test_set
     eval_bs = int(cfg.get("eval_batch_size", 256))
     for epoch in range(start_epoch, epochs + 1):
         t0 = time.time()
-        record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                                  "train_fraction": fraction, "n_train": len(x_train)}
         if epoch > 0:
             record.update(_train_epoch(model, x_train, y_train, optimizer, scheduler, cfg, seed, epoch,
                                        steps_per_epoch, device, run))
         else:
-            record.update({f"train_{k}": v for k, v in evaluate(model, x_train, y_train, eval_bs).items()})
-        record.update({f"test_{k}": v for k, v in evaluate(model, x_test, y_test, eval_bs).items()})
+            record.update({f"train_{k}": v for k, v in evaluate(model, x_train, y_train, eval_bs, bf16=bf16).items()})
+        record.update({f"test_{k}": v for k, v in evaluate(model, x_test, y_test, eval_bs, bf16=bf16).items()})
         record["seconds"] = time.time() - t0
         history.append(record)
         log.info("%s: epoch %d/%d  %s", run, epoch, epochs,
                  "  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
         # weights-only checkpoint for the pipeline; full state (optimizer, schedule) for resumption
         epoch_path = resume_dir / f"epoch_{epoch:03d}.pt"
-        save_checkpoint(epoch_path, model, dict(spec), run=run, epoch=epoch, metrics=record)
+        save_checkpoint(epoch_path, model, dict(spec), dtype=checkpoint_dtype, run=run, epoch=epoch, metrics=record)
         save_checkpoint(state_path, model, dict(spec), run=run, epoch=epoch, history=history,
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
         _link_or_copy(epoch_path, Path(checkpoints[epoch]))
@@ -232,13 +286,16 @@ def _train_epoch(model: StirViT, x: torch.Tensor, y: torch.Tensor, optimizer, sc
     torch.manual_seed(seed * 1_000_003 + epoch)  # dropout / drop-path draws, if configured
     order = torch.randperm(len(x), generator=gen)
     bs = int(cfg["batch_size"])
+    # a random-resized crop comes out at the model's input size (the model's resize is then the identity)
+    crop_size = getattr(model, "img_size", None)
     total_loss, total_score, seen = 0.0, 0.0, 0
     log_every = max(1, steps // 5)
     for step in range(steps):
         idx = order[step * bs:(step + 1) * bs]
-        xb = augment(to_tensor(x[idx].numpy()), cfg.get("augment", {}), gen).to(device)
+        xb = augment(_to_device(x[idx], device), cfg.get("augment", {}), gen, size=crop_size)
         yb = y[idx].to(device)
-        loss, score = task_loss(model, xb, yb)
+        with _autocast(device, cfg.get("bf16", False)):
+            loss, score = task_loss(model, xb, yb)
         if not torch.isfinite(loss):
             raise TrainingError(f"{run}: non-finite training loss ({float(loss)}) at epoch {epoch}, step {step}; "
                                 f"lower the learning rate (optimizer.lr = {cfg['optimizer']['lr']})")
