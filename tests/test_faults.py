@@ -71,10 +71,9 @@ def training_process(root: psutil.Process, log: Path, script: str = "finetune.py
     return None
 
 
-def kill_in_epoch_1(work: Path, configfile: Path, run: str, *targets: str) -> tuple[str, str]:
-    """Snakemake on ``configfile`` in ``work`` with the finetuning of ``run`` killed (SIGKILL) in the
-    middle of its epoch 1. Returns the run's log when it was killed and Snakemake's console output."""
-    log = work / "results" / "logs" / "finetune" / f"{run}.log"
+def kill_during(work: Path, configfile: Path, log: Path, script: str, pattern: str, *targets: str) -> tuple[str, str]:
+    """Snakemake on ``configfile`` in ``work``, the ``script`` process writing ``log`` killed (SIGKILL)
+    as soon as ``pattern`` appears in it. Returns the log when it was killed and Snakemake's console output."""
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
            "--workflow-profile", str(REPO / "profiles" / "default"), "--configfile", str(configfile), "--cores", "2",
            *targets]
@@ -88,8 +87,8 @@ def kill_in_epoch_1(work: Path, configfile: Path, run: str, *targets: str) -> tu
         deadline = time.time() + 900
         while killed_at is None and first.poll() is None and time.time() < deadline:
             if proc is None and log.is_file():  # find the process first, to kill it without delay
-                proc = training_process(psutil.Process(first.pid), log)
-            if proc is not None and re.search(rf"{run}: epoch 1 step \d+/\d+", log.read_text()):
+                proc = training_process(psutil.Process(first.pid), log, script)
+            if proc is not None and re.search(pattern, log.read_text()):
                 proc.send_signal(signal.SIGKILL)
                 killed_at = log.read_text()
             time.sleep(0.01)
@@ -98,9 +97,15 @@ def kill_in_epoch_1(work: Path, configfile: Path, run: str, *targets: str) -> tu
         if first.poll() is None:
             first.kill()
     output = console.read_text()
-    assert killed_at is not None, f"the finetuning of {run} was never seen in epoch 1:\n{output[-4000:]}"
+    assert killed_at is not None, f"{pattern!r} never appeared in {log}:\n{output[-4000:]}"
     assert first.returncode != 0, output[-4000:]
     return killed_at, output
+
+
+def kill_in_epoch_1(work: Path, configfile: Path, run: str, *targets: str) -> tuple[str, str]:
+    """:func:`kill_during` the finetuning of ``run``, in the middle of its epoch 1."""
+    log = work / "results" / "logs" / "finetune" / f"{run}.log"
+    return kill_during(work, configfile, log, "finetune.py", rf"{run}: epoch 1 step \d+/\d+", *targets)
 
 
 def epochs_done(log_text: str, run: str) -> list[int]:
@@ -285,30 +290,6 @@ def test_config_errors_stop_before_any_job(changes, keys, tmp_path):
 
 # --------------------------------------------------------------------------- pretraining killed in a later epoch
 
-def kill_when(cmd: list[str], log: Path, script: str, pattern: str, console: Path) -> str:
-    """Run ``cmd`` until ``pattern`` appears in ``log``, then SIGKILL the ``script`` process writing
-    it; the command must then fail. Returns the log's text at the kill."""
-    with open(console, "w") as out:
-        job = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    killed_at, proc = None, None
-    try:
-        deadline = time.time() + 900
-        while killed_at is None and job.poll() is None and time.time() < deadline:
-            if proc is None and log.is_file():  # find the process first, to kill it without delay
-                proc = training_process(psutil.Process(job.pid), log, script)
-            if proc is not None and re.search(pattern, log.read_text()):
-                proc.send_signal(signal.SIGKILL)
-                killed_at = log.read_text()
-            time.sleep(0.01)
-        job.wait(timeout=900)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    assert killed_at is not None, f"{pattern!r} never appeared in {log}:\n{console.read_text()[-4000:]}"
-    assert job.returncode != 0, console.read_text()[-4000:]
-    return killed_at
-
-
 @pytest.mark.slow
 def test_pretraining_killed_in_a_later_epoch_resumes_bit_identical(tmp_path):
     """The pretrain job of configs/smoke.yaml killed (SIGKILL) in its last epoch, after a trained
@@ -318,12 +299,9 @@ def test_pretraining_killed_in_a_later_epoch_resumes_bit_identical(tmp_path):
     reference, work = tmp_path / "reference", tmp_path / "killed"
     snakemake(reference, "--cores", "2", target)
     log = work / "results" / "logs" / "pretrain" / "pretrain.log"
-    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--workflow-profile",
-           str(REPO / "profiles" / "default"), "--configfile", str(SMOKE_CONFIG), "--cores", "2", target]
     epochs = yaml.safe_load(SMOKE_CONFIG.read_text())["pretrain"]["epochs"]
-    killed_at = kill_when(cmd, log, "pretrain.py", rf"pretrain: epoch {epochs} step \d+/\d+", tmp_path / "first.out")
-    done = [int(e) for e in re.findall(r"pretrain: epoch (\d+)/\d+ ", killed_at)]
-    assert done == list(range(epochs)) and epochs >= 2, killed_at  # killed after epoch 1 was trained
+    killed_at, _ = kill_during(work, SMOKE_CONFIG, log, "pretrain.py", rf"pretrain: epoch {epochs} step \d+/\d+", target)
+    assert epochs_done(killed_at, "pretrain") == list(range(epochs)) and epochs >= 2, killed_at  # epoch 1 was trained
     snakemake(work, "--cores", "2", target)
     assert f"pretrain: resuming after epoch {epochs - 1}" in log.read_text()
     checkpoints = sorted((reference / "results" / "pretrain" / "checkpoints").glob("epoch_*.pt"))
