@@ -30,9 +30,11 @@ from stirflow.inversion import STEP_SCHEDULES
 from stirflow.models import create_model, load_checkpoint, prepare_for_inversion
 
 
-def measure(a, b, x, *, steps: int, schedule: str, final_step_size: float | None, seed: int) -> tuple[dict, float]:
+def measure(a, b, x, *, steps: int, schedule: str, step_size: float, final_step_size: float | None,
+            seed: int) -> tuple[dict, float]:
     start = time.perf_counter()
-    ds = compare(a, b, x, steps=steps, step_schedule=schedule, final_step_size=final_step_size, seed=seed)
+    ds = compare(a, b, x, steps=steps, step_size=step_size, step_schedule=schedule, final_step_size=final_step_size,
+                 seed=seed)
     return {k: ds[k].values for k in ("learning", "forgetting")}, time.perf_counter() - start
 
 
@@ -45,7 +47,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--reference-steps", type=int, default=3000)
     parser.add_argument("--steps", type=int, nargs="+", default=[100, 200, 300, 500, 1000])
     parser.add_argument("--schedules", nargs="+", choices=STEP_SCHEDULES, default=list(STEP_SCHEDULES))
-    parser.add_argument("--final-step-size", type=float, default=None)
+    parser.add_argument("--step-size", type=float, default=0.5, help="η of the reference and of constant steps")
+    parser.add_argument("--schedule-step-size", type=float, default=None,
+                        help="first η of the decaying schedules (default: --step-size)")
+    parser.add_argument("--final-step-size", type=float, default=None, help="last η of the decaying schedules")
     parser.add_argument("--tolerance", type=float, default=0.005)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -64,17 +69,20 @@ def main(argv=None) -> list[dict]:
         x = to_tensor(test.images[select_indices(len(test), args.n_images, 0)])
     a, b = prepare_for_inversion(a), prepare_for_inversion(b)
 
-    truth, seconds = measure(a, b, x, steps=args.reference_steps, schedule="constant", final_step_size=None,
-                             seed=args.seed)
-    print(f"converged values: constant step, {args.reference_steps} steps ({seconds:.0f} s)")
+    truth, seconds = measure(a, b, x, steps=args.reference_steps, schedule="constant", step_size=args.step_size,
+                             final_step_size=None, seed=args.seed)
+    print(f"converged values: constant step {args.step_size}, {args.reference_steps} steps ({seconds:.0f} s); "
+          f"schedules start at {args.schedule_step_size or args.step_size}"
+          + (f" and end at {args.final_step_size}" if args.final_step_size else ""))
     for name, values in truth.items():
         print(f"  {name:<10} " + "  ".join(f"{v:.4f}" for v in values))
     rows = []
     print(f"\n{'schedule':<10} {'steps':>6} {'max |Δ learning|':>17} {'max |Δ forgetting|':>19} {'seconds':>8}")
     for schedule in args.schedules:
         for steps in args.steps:
-            got, seconds = measure(a, b, x, steps=steps, schedule=schedule, final_step_size=args.final_step_size,
-                                   seed=args.seed)
+            eta = args.step_size if schedule == "constant" else (args.schedule_step_size or args.step_size)
+            got, seconds = measure(a, b, x, steps=steps, schedule=schedule, step_size=eta,
+                                   final_step_size=args.final_step_size, seed=args.seed)
             row = {"schedule": schedule, "steps": steps, "seconds": seconds,
                    **{f"delta_{k}": float(np.max(np.abs(got[k] - truth[k]))) for k in truth}}
             rows.append(row)

@@ -37,3 +37,22 @@ def test_public_functions_do_not_shadow_their_modules():
 
     assert callable(invert) and callable(stir)
     assert set(stirflow.__all__) <= set(dir(stirflow))
+
+
+def test_the_readme_library_example_runs(tmp_path, monkeypatch):
+    """The README's library example, run as written (in a temporary directory for its output)."""
+    import re
+
+    import numpy as np
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## The library"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    ds = namespace["ds"]
+    assert ds.sizes["layer"] == 4 and (tmp_path / "ab.nc").is_file()
+    assert np.all((ds["forgetting"].values >= 0) & (ds["forgetting"].values <= 1))
+    np.testing.assert_allclose(ds["convergence_delta_forgetting"].values,
+                               np.abs(ds["forgetting_check"].values - ds["forgetting"].values))

@@ -28,6 +28,7 @@ _API = {
     "layer_representation": "models",
     "create_model": "models",
     "load_checkpoint": "models",
+    "compare": "comparison",
 }
 
 __all__ = ["__version__", *_API]

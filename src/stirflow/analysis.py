@@ -23,13 +23,13 @@ would decide the correlation by itself.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 __all__ = [
@@ -544,46 +544,41 @@ CORRELATION_COLUMNS = ["table", "task", "scope", "epochs", "measure", "estimate"
                        "best_relative_robustness_epoch", "indicator_robustness", "best_robustness"]
 
 
-def checkpoint_rows(ds: xr.Dataset) -> tuple[list[str], list[dict[str, str]]]:
-    """One row per run × epoch: clean score, robustness, relative error, forgetting spread, and the
-    score for each corruption (mean over severities) and each corruption × severity."""
-    per = [(f"{c}_mean", c, None) for c in ds.corruption.values]
-    per += [(f"{c}_s{s}", c, s) for c in ds.corruption.values for s in ds.severity.values]
-    columns = ["run", "target", "init", "task", "epoch", "clean_score", "robustness", "relative_error",
-               "forgetting_spread", *[name for name, _, _ in per]]
-    rows = []
-    for run in ds.run.values:
-        for epoch in ds.epoch.values:
-            sub = ds.sel(run=run, epoch=epoch)
-            row = {"run": str(run), "target": str(sub["target"].values), "init": str(sub["init"].values),
-                   "task": str(sub["task"].values), "epoch": str(int(epoch))}
-            for k in ("clean_score", "robustness", "relative_error", "forgetting_spread"):
-                row[k] = _fmt(sub[k].item()) if k in ds else ""
-            for name, c, s in per:
-                score = sub["corrupted_score"].sel(corruption=c)
-                value = score.mean("severity", skipna=False) if s is None else score.sel(severity=s)
-                row[name] = _fmt(value.item())
-            rows.append(row)
-    return columns, rows
+def checkpoint_table(ds: xr.Dataset) -> pd.DataFrame:
+    """One row per run × epoch: what the run is, clean score, robustness (absolute and relative),
+    relative error, forgetting spread, and the score for each corruption (mean over severities,
+    ``<corruption>_mean``) and each corruption × severity (``<corruption>_s<severity>``)."""
+    scalars = ("clean_score", "robustness", "robustness_relative", "relative_error", "forgetting_spread")
+    table = ds[[k for k in scalars if k in ds]].reset_coords(drop=True).to_dataframe()
+    table = table.reindex(columns=list(scalars))  # a measure not computed (no reference run): empty cells
+    score = ds["corrupted_score"].reset_coords(drop=True)
+    means = score.mean("severity", skipna=False).to_series().unstack("corruption")
+    means.columns = [f"{c}_mean" for c in means.columns]
+    each = score.to_series().unstack(["corruption", "severity"])
+    each.columns = [f"{c}_s{s}" for c, s in each.columns]
+    table = pd.concat([table, means[[f"{c}_mean" for c in ds.corruption.values]],
+                       each[[f"{c}_s{s}" for c in ds.corruption.values for s in ds.severity.values]]], axis=1)
+    identity = pd.DataFrame({k: ds[k].values for k in ("target", "init", "task")}, index=pd.Index(ds.run.values,
+                                                                                                    name="run"))
+    table = table.join(identity, on="run").reset_index()
+    first = ["run", "target", "init", "task", "epoch"]
+    return table[first + [c for c in table.columns if c not in first]]
 
 
-def _write_csv(path: str | Path, columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> None:
+def _write_csv(path: str | Path, table: pd.DataFrame) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), restval="")
-        w.writeheader()
-        w.writerows(rows)
+    table.to_csv(path, index=False, na_rep="", float_format="%.6g")
 
 
 def write_tables(ds: xr.Dataset, correlations: str | Path, checkpoints: str | Path | None = None) -> None:
     """Write the CSV tables of a summarised Dataset.
 
     ``correlations``: one table whose ``table`` column says what a row is: ``correlation`` (per
-    task kind × scope: n, Pearson and Spearman r, bootstrap interval, permutation p) or
-    ``early_stopping`` (per run: indicator epoch against the most robust epoch).
-    ``checkpoints``: per run × epoch, every robustness score (see :func:`checkpoint_rows`).
+    task kind × scope × measure × estimate: n, Pearson and Spearman r, bootstrap interval,
+    permutation p) or ``early_stopping`` (per run: indicator epoch against the most robust epochs).
+    ``checkpoints``: per run × epoch, every robustness score (see :func:`checkpoint_table`).
     """
-    _write_csv(correlations, CORRELATION_COLUMNS, correlation_rows(ds))
+    _write_csv(correlations, pd.DataFrame(correlation_rows(ds), columns=CORRELATION_COLUMNS))
     if checkpoints is not None:
-        _write_csv(checkpoints, *checkpoint_rows(ds))
+        _write_csv(checkpoints, checkpoint_table(ds))
