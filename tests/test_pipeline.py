@@ -18,6 +18,20 @@ def test_default_config_dag(tmp_path):
     assert jobs_by_rule(proc.stdout) == expected_jobs(config)
 
 
+def test_default_config_meets_the_criteria_it_was_chosen_by():
+    """The README's criteria for the default that a config can show by itself (1: a compressive
+    patch embedding; a pretrained and a scratch run on one target, both checked for convergence
+    where it is on; a decaying step)."""
+    config = load_config(REPO / "config.yaml")
+    vit = config["model"]["vit"]
+    assert vit["patch_size"] ** 2 * 3 / vit["embed_dim"] >= 2  # ViT-B/32: 4
+    runs = config["finetune"]["runs"]
+    assert {r["init"] for r in runs} == {"pretrained", "scratch"} and len({r["target"] for r in runs}) == 1
+    assert config["convergence"]["check"] and config["convergence"]["factor"] >= 4
+    assert config["convergence"]["tolerance"] <= 0.01
+    assert config["stir"]["step_schedule"] != "constant"
+
+
 @pytest.mark.slow
 def test_smoke_run_end_to_end(smoke_run):
     config = load_config(SMOKE_CONFIG)

@@ -7,6 +7,7 @@ STIR, learning, forgetting and flow are computed on the encoder blocks as for cl
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import xarray as xr
 
@@ -16,7 +17,7 @@ from stirflow.models import ReconstructionHead, create_model, initial_model
 from stirflow.robustness import evaluate_robustness, make_corrupted_set
 from stirflow.training import evaluate, make_optimizer, task_loss
 
-from conftest import jobs_by_rule, snakemake, write_config
+from conftest import SMOKE_CONFIG
 
 
 def _spec(img_size=16, **vit):
@@ -118,22 +119,16 @@ def test_robustness_error_is_against_the_clean_images():
                                evaluate(model, cs.clean, torch.zeros(32, dtype=torch.long))["l1_error"], rtol=1e-6)
 
 
-def test_reconstruction_run_end_to_end(tmp_path):
-    # configs/smoke.yaml, shortened: one epoch each, both blocks of a checkpoint in one inversion job
-    config_path = write_config(tmp_path / "recon.yaml", pretrain={"epochs": 1},
-                               finetune={"runs": [{"target": "digits", "task": "reconstruction", "init": "pretrained"}],
-                                         "epochs": 1},
-                               stir={"blocks_per_job": 0, "n_images": 32, "steps": 30},
-                               robustness={"n_images": 32})
-    config = load_config(config_path)
-    work = tmp_path / "work"
-    proc = snakemake(work, "--cores", "2", configfile=config_path)
-    assert jobs_by_rule(proc.stdout + proc.stderr)["finetune"] == 1
-    (run,) = run_names(config)
-    assert run == "digits-recon-pretrained"
+@pytest.mark.slow
+def test_reconstruction_run_end_to_end(smoke_run):
+    # configs/smoke.yaml holds a reconstruction run beside the classification ones
+    config = load_config(SMOKE_CONFIG)
+    run = "digits-recon-pretrained"
+    assert run in run_names(config)
+    work = smoke_run
     with xr.open_dataset(work / "results" / "summary.nc", engine="h5netcdf") as ds:
         ds = ds.load()
-    assert list(ds.run.values) == [run] and str(ds["task"].sel(run=run).values) == "reconstruction"
+    assert run in ds.run.values and str(ds["task"].sel(run=run).values) == "reconstruction"
     assert list(ds.layer.values) == stir_blocks(config)
     scored = ds.sel(run=run, epoch=stir_epochs(config))
     for name in ("forgetting", "learning", "flow", "cka"):
