@@ -74,7 +74,7 @@ rule invert_check:
         checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
         images=lambda w: dataset_files(run_target(w.run), "test"),
     output:
-        f"{RES}/runs/{{run}}/convergence/inversions/epoch_{{epoch}}/blocks_{{blocks}}.h5",
+        f"{RES}/runs/{{run}}/convergence/inversions/epoch_{{epoch}}/{LAYER_FILES}_{{blocks}}.h5",
     params:
         stir={**INVERSION_PARAMS, "steps": CHECK_STEPS},
         compute={k: config["compute"][k] for k in ("device", "bf16", "compile")},

@@ -20,7 +20,7 @@ import xarray as xr
 import yaml
 
 from conftest import SMOKE_CONFIG, jobs_by_rule, snakemake
-from stirflow.config import ConfigError, model_layers, stir_blocks, validate_config
+from stirflow.config import ConfigError, model_layers, run_names, stir_blocks, validate_config
 from stirflow.data import ImageSet, make_shapes, to_tensor, write_image_h5
 from stirflow.inversion import invert_blocks, invert_fn
 from stirflow.models import (StirModel, StirViT, create_model, describe_timm_model, initial_model, layer_representation,
@@ -235,8 +235,11 @@ def test_old_vit_checkpoints_load_into_the_general_wrapper(tmp_path):
 # --------------------------------------------------------------------------- configs
 
 def _config(**model):
+    """configs/smoke.yaml with another model, and its classification runs only (reconstruction
+    needs a VisionTransformer)."""
     config = yaml.safe_load(SMOKE_CONFIG.read_text())
     config["model"] = model
+    config["finetune"]["runs"] = [r for r in config["finetune"]["runs"] if r.get("task") != "reconstruction"]
     return config
 
 
@@ -269,12 +272,14 @@ def test_config_reads_any_timm_model_and_names_what_a_family_cannot_do():
 
 def test_dag_of_a_non_vit_names_its_files_by_layer(tmp_path):
     config = _config(timm_name="convnext_atto", kwargs=FAMILIES["convnext"][1])
+    config["stir"].pop("blocks_per_job", None)  # layers_per_job is its newer name
     config["stir"]["layers_per_job"] = 2
     path = tmp_path / "convnext.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = snakemake(tmp_path / "work", "-n", "--quiet", "rules", configfile=path)
-    assert jobs_by_rule(proc.stdout)["invert"] == 2 * 3 * 2  # 2 runs × 3 epochs × 2 groups of 2 stages
-    proc = snakemake(tmp_path / "work", "-n", "results/runs/digits-scratch/inversions/epoch_001/layers_03-04.h5",
+    n_runs, n_epochs = len(run_names(validate_config(config))), len(config["stir"]["epochs"])
+    assert jobs_by_rule(proc.stdout)["invert"] == n_runs * n_epochs * 2  # 2 groups of 2 stages
+    proc = snakemake(tmp_path / "work", "-n", "results/runs/digits-scratch/inversions/epoch_002/layers_03-04.h5",
                      configfile=path)
     assert "layers_03-04.h5" in proc.stdout
 
@@ -283,9 +288,10 @@ def test_dag_of_a_non_vit_names_its_files_by_layer(tmp_path):
 
 @pytest.mark.slow
 def test_a_resnet_runs_through_the_pipeline(tmp_path):
-    config = yaml.safe_load(SMOKE_CONFIG.read_text())
-    config["model"] = {"timm_name": "resnet18", "kwargs": FAMILIES["resnet"][1]}
+    config = _config(timm_name="resnet18", kwargs=FAMILIES["resnet"][1])
+    config["finetune"]["runs"] = config["finetune"]["runs"][:2]  # one pretrained, one scratch run
     config["stir"].update(layers=[1, 2, 4], layers_per_job=0)
+    config["stir"].pop("blocks_per_job", None)
     path = tmp_path / "resnet.yaml"
     path.write_text(yaml.safe_dump(config))
     work = tmp_path / "work"

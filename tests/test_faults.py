@@ -16,9 +16,14 @@ import pytest
 import torch
 import yaml
 
+from stirflow.config import load_config, stir_epochs
+
 from conftest import REPO, SMOKE_CONFIG, SNAKEMAKE, snakemake, write_config
 
 KILLED_RUN = "digits-scratch"
+#: what the resumed run makes: the killed run's history and its STIR scores at every scored epoch
+KILLED_TARGETS = [f"results/runs/{KILLED_RUN}/history.json"] + [
+    f"results/runs/{KILLED_RUN}/stir/epoch_{e:03d}.nc" for e in stir_epochs(load_config(SMOKE_CONFIG))]
 
 
 def output_files(workdir: Path) -> set[str]:
@@ -114,8 +119,9 @@ def epochs_done(log_text: str, run: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory) -> dict:
-    """configs/smoke.yaml run in a fresh directory; the finetuning of one run is killed (SIGKILL) in
-    the middle of epoch 1, then the same command runs again to the end."""
+    """One run's branch of configs/smoke.yaml (its finetuning, inversions and STIR scores) run in a
+    fresh directory; its finetuning is killed (SIGKILL) in the middle of epoch 1, then the same
+    command runs again to the end."""
     root = tmp_path_factory.mktemp("killed")
     work = root / "run"
     t0 = time.time()
@@ -124,7 +130,7 @@ def resumed_run(tmp_path_factory) -> dict:
     assert done, killed_at
     resume_states = list((work / "results" / ".resume" / KILLED_RUN).glob("*/state.pt"))
     assert len(resume_states) == 1, resume_states
-    rerun = snakemake(work, "--cores", "2")
+    rerun = snakemake(work, "--cores", "2", *KILLED_TARGETS)
     print(f"{KILLED_RUN} killed after epoch {max(done)}; both runs {time.time() - t0:.0f} s")
     log = work / "results" / "logs" / "finetune" / f"{KILLED_RUN}.log"
     return {"work": work, "log": log, "last_done": max(done), "first_output": output, "rerun": rerun}
@@ -147,55 +153,14 @@ def test_killed_training_resumes_bit_identical(resumed_run, smoke_run):
 
 
 @pytest.mark.slow
-def test_same_seed_and_config_give_the_same_summary(resumed_run, smoke_run):
-    """Two runs of configs/smoke.yaml in two directories (one killed and resumed): summary.nc is the
-    same file, byte for byte."""
-    a = (resumed_run["work"] / "results" / "summary.nc").read_bytes()
-    b = (smoke_run / "results" / "summary.nc").read_bytes()
-    assert a == b
-
-
-#: Every training setting that draws random numbers or counts steps, at smoke size, scratch only (no pretraining).
-NEW_SETTINGS = {
-    "datasets": {"digits": {"kind": "digits", "image_size": 16, "test_fraction": 0.25, "seed": 0}},
-    "finetune": {"runs": [{"target": "digits", "init": "scratch"}], "epochs": 3, "batch_size": 64,
-                 "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "warmup_steps": 5, "grad_clip": 1.0,
-                 "schedule": {"name": "step", "milestones": [2], "gamma": 0.5}, "train_fraction": 0.8,
-                 "augment": {"random_resized_crop": {"scale": [0.3, 1.0]}, "hflip": True, "rotation": 5,
-                             "color_jitter": {"brightness": 0.25, "contrast": 0.25, "saturation": 0.25}}},
-}
-
-
-@pytest.mark.slow
-def test_killed_training_with_every_training_setting_resumes_bit_identical(tmp_path):
-    """Random-resized crops, colour jitter, rotations, a step schedule after a warm-up in steps,
-    gradient clipping and a stratified subset: a finetuning job killed in epoch 1 and run again
-    writes the checkpoints and history of an uninterrupted run, bit for bit."""
-    import yaml
-
-    config = yaml.safe_load(SMOKE_CONFIG.read_text())
-    config.update(NEW_SETTINGS)
-    del config["pretrain"]
-    configfile = tmp_path / "settings.yaml"
-    configfile.write_text(yaml.safe_dump(config))
-    target = f"results/runs/{KILLED_RUN}/history.json"
-    reference, work = tmp_path / "reference", tmp_path / "killed"
-    snakemake(reference, "--cores", "1", target, configfile=configfile)
-    killed_at, _ = kill_in_epoch_1(work, configfile, KILLED_RUN, target)
-    done = epochs_done(killed_at, KILLED_RUN)
-    assert done and max(done) < 3, killed_at
-    snakemake(work, "--cores", "1", target, configfile=configfile)
-    log = (work / "results" / "logs" / "finetune" / f"{KILLED_RUN}.log").read_text()
-    assert f"{KILLED_RUN}: resuming after epoch {max(done)}" in log, log[-3000:]
-    checkpoints = sorted((reference / "results" / "runs" / KILLED_RUN / "checkpoints").glob("epoch_*.pt"))
-    assert len(checkpoints) == 4
-    for ref in checkpoints:
-        assert checkpoint_differences(work / "results" / "runs" / KILLED_RUN / "checkpoints" / ref.name, ref) == [], ref.name
-    strip = lambda h: [{k: v for k, v in rec.items() if k != "seconds"} for rec in h]  # noqa: E731
-    history = json.loads((work / target).read_text())
-    assert strip(history) == strip(json.loads((reference / target).read_text()))
-    # 1347 training digits; scikit-learn's train_test_split keeps floor(0.8 · 1347)
-    assert {(r["train_fraction"], r["n_train"]) for r in history} == {(0.8, 1077)}
+def test_same_seed_and_config_give_the_same_scores(resumed_run, smoke_run):
+    """Two runs of configs/smoke.yaml in two directories (one killed and resumed, and only the
+    killed run's branch): its inversions and STIR scores are the same files, byte for byte."""
+    for target in KILLED_TARGETS[1:]:
+        inversions = sorted((smoke_run / target).parent.parent.joinpath("inversions", Path(target).stem).glob("*.h5"))
+        for path in [smoke_run / target, *inversions]:
+            rel = path.relative_to(smoke_run)
+            assert (resumed_run["work"] / rel).read_bytes() == path.read_bytes(), rel
 
 
 # --------------------------------------------------------------------------- corrupt inputs
@@ -207,7 +172,7 @@ def truncate(path: Path) -> None:
 
 CORRUPT_INPUTS = {
     "dataset": lambda w: w / "data" / "digits" / "test.h5",
-    "inversion": lambda w: sorted(w.glob("results/runs/*/inversions/epoch_001/*.h5"))[0],
+    "inversion": lambda w: sorted(w.glob("results/runs/*/inversions/epoch_002/*.h5"))[0],
     "checkpoint": lambda w: w / "results" / "runs" / "digits-scratch" / "checkpoints" / "epoch_001.pt",
     "summary": lambda w: w / "results" / "summary.nc",
     "history": lambda w: w / "results" / "runs" / "digits-pretrained" / "history.json",
@@ -253,18 +218,18 @@ def test_non_finite_training_loss_stops_with_run_epoch_step(smoke_copy, tmp_path
 
 def test_non_finite_inversion_loss_stops_with_run_epoch_step(smoke_copy):
     work = smoke_copy
-    checkpoint = work / "results" / "runs" / KILLED_RUN / "checkpoints" / "epoch_001.pt"
+    checkpoint = work / "results" / "runs" / KILLED_RUN / "checkpoints" / "epoch_002.pt"
     ckpt = torch.load(checkpoint, weights_only=True)
     ckpt["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                           for k, v in ckpt["state_dict"].items()}
     checkpoint.unlink()  # a new file: the resume directory's hard link keeps the good one
     torch.save(ckpt, checkpoint)
-    inversion = sorted((work / "results" / "runs" / KILLED_RUN / "inversions" / "epoch_001").glob("*.h5"))[0]
+    inversion = sorted((work / "results" / "runs" / KILLED_RUN / "inversions" / "epoch_002").glob("*.h5"))[0]
     target = str(inversion.relative_to(work))
     proc = snakemake(work, "--cores", "1", target, check=False)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert re.search(rf"{KILLED_RUN} epoch 1 .*inversion loss is not finite at step \d+", text), text[-3000:]
+    assert re.search(rf"{KILLED_RUN} epoch 2 .*inversion loss is not finite at step \d+", text), text[-3000:]
     assert not inversion.exists(), "an inversion of a NaN model was written"
 
 

@@ -109,6 +109,7 @@ def _weights_config(tmp_path, weights_file):
         pretrain={"dataset": None, "weights": {"file": str(weights_file)}},
         finetune={"runs": [{"target": "digits", "init": "pretrained"}, {"target": "digits", "init": "scratch"}],
                   "epochs": 1, "batch_size": 256},
+        stir={"epochs": [0, 1]},
     )
     config = yaml.safe_load(path.read_text())
     config["model"] = {"timm_name": NAME, "vit": dict(CONFIGURED)}  # replaces the smoke model's kwargs whole

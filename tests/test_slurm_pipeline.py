@@ -1,7 +1,9 @@
-"""The pipeline on a real SLURM: configs/smoke.yaml through profiles/slurm gives a local run's results."""
+"""The pipeline on a real SLURM: one run's branch of configs/smoke.yaml (pretraining, finetuning,
+inversions, STIR scores, robustness) through profiles/slurm gives the local run's files."""
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 import xarray as xr
@@ -23,8 +25,11 @@ def test_smoke_config_on_slurm_equals_local_run(slurm_cluster, smoke_run, tmp_pa
                             mem_mb="1500 * attempt", cores=slurm_cluster.cpus)
     workdir = tmp_path / "work"
     workdir.mkdir()
+    # one pretrained run's branch: every kind of GPU job, a fifth of the smoke run's SLURM submissions
+    run = "digits-pretrained"
+    targets = [f"results/runs/{run}/stir/epoch_{e:03d}.nc" for e in (0, 2)] + [f"results/runs/{run}/robustness/epoch_002.h5"]
     proc = subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-                           "--configfile", str(SMOKE_CONFIG), "--workflow-profile", str(profile)],
+                           "--configfile", str(SMOKE_CONFIG), "--workflow-profile", str(profile), *targets],
                           env=slurm_cluster.env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + slurm_cluster.logs()
 
@@ -33,13 +38,19 @@ def test_smoke_config_on_slurm_equals_local_run(slurm_cluster, smoke_run, tmp_pa
     for rule in ("pretrain", "finetune", "invert", "stir_scores", "robustness"):
         assert any(name.startswith(f"rule_{rule}") for name in submitted), (rule, submitted)
 
-    with xr.open_dataset(workdir / "results" / "summary.nc", engine="h5netcdf") as on_slurm, \
-            xr.open_dataset(smoke_run / "results" / "summary.nc", engine="h5netcdf") as local:
-        assert set(on_slurm.data_vars) == set(local.data_vars)
-        for name in local.data_vars:
-            a, b = on_slurm[name].values, local[name].values
-            if np.issubdtype(a.dtype, np.floating):
+    for target in targets:
+        if target.endswith(".nc"):
+            on_slurm, local = (xr.load_dataset(root / target, engine="h5netcdf") for root in (workdir, smoke_run))
+            assert set(on_slurm.data_vars) == set(local.data_vars), target
+            arrays = {name: (on_slurm[name].values, local[name].values) for name in local.data_vars}
+        else:
+            with h5py.File(workdir / target) as a, h5py.File(smoke_run / target) as b:
+                assert set(a) == set(b), target
+                arrays = {name: (a[name][()], b[name][()]) for name in b}
+        assert arrays, target
+        for name, (a, b) in arrays.items():
+            if np.issubdtype(np.asarray(a).dtype, np.floating):
                 # same seeds, same CPU, same thread counts: the same numbers (to float64 round-off)
-                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=name)
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"{target}: {name}")
             else:
-                assert (a == b).all(), name
+                assert np.array_equal(a, b), f"{target}: {name}"

@@ -354,7 +354,8 @@ def _check_model(config: Mapping[str, Any]) -> list[str]:
     model = config["model"]
     kwargs = model_kwargs(model)
     key = "kwargs" if "kwargs" in model else "vit"
-    return [p.replace("model.vit.", f"model.{key}.") for p in _model_problems(model, kwargs)]
+    return [p.replace("model.vit.", f"model.{key}.").replace("model.vit =", f"model.{key} =")
+            for p in _model_problems(model, kwargs)]
 
 
 def _model_problems(model: Mapping[str, Any], kwargs: dict[str, Any]) -> list[str]:
@@ -478,7 +479,7 @@ def _check_timm_model(name: str, kwargs: dict[str, Any]) -> list[str]:
     try:
         _meta_model(base, json.dumps(kwargs, sort_keys=True))
     except (AssertionError, TypeError, ValueError, RuntimeError, KeyError) as err:
-        return [f"model.vit: timm cannot build {base} with {kwargs} ({type(err).__name__}: {err})"]
+        return [f"model.timm_name: {name!r} cannot be built with model.vit = {kwargs} ({type(err).__name__}: {err})"]
     return []
 
 
