@@ -136,7 +136,7 @@ def test_pipeline_jobs_refuse_a_crafted_checkpoint(smoke_copy):
     """Every job reading the crafted checkpoint (inversion, scores, robustness) fails naming it;
     nothing is executed and no output of another job is removed."""
     work = smoke_copy
-    bad = work / "results" / "runs" / "digits-scratch" / "checkpoints" / "epoch_002.pt"  # one STIR scores
+    bad = work / "results" / "runs" / "digits-scratch" / "checkpoints" / "epoch_002.pt"  # an epoch that STIR scores
     marker = work / "marker"
     craft(bad, marker, base=bad)
     before = output_files(work)
