@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 CORES ?= 2
+# pytest-xdist workers for make test (one per core; the shared smoke run is computed once)
+TEST_WORKERS ?= 2
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +20,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/snakemake --cores $(CORES)
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -ra
+	$(VENV)/bin/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/snakemake --lint

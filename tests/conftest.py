@@ -12,6 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+# torch in the test processes on one intra-op thread: the suite runs on pytest-xdist workers, one per
+# core, and a second thread per worker only makes the workers' small tensor ops wait for each other
+# (measured: the README example 49 s alone with one thread, 187 s with two beside another worker).
+# Snakemake jobs set their own thread count (compute.threads), so this reaches in-process tests only.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 SMOKE_CONFIG = REPO / "configs" / "smoke.yaml"
@@ -46,6 +52,14 @@ def write_config(path: Path, base: Path = SMOKE_CONFIG, **changes) -> Path:
     merge(config, changes)
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+#: Settings that leave out the stages a stand-alone pipeline test is not about: no convergence check,
+#: no adversarial robustness, one corruption at one severity on few images, PNG figures only. Each
+#: stage skipped saves its jobs' start-up (about 7 s of imports each); the smoke run covers them all.
+LEAN = {"convergence": {"check": False}, "adversarial": {"enabled": False},
+        "robustness": {"corruptions": ["contrast"], "severities": [3], "n_images": 32},
+        "figures": {"formats": ["png"]}}
 
 
 def jobs_by_rule(dry_run_output: str) -> dict[str, int]:
@@ -106,6 +120,15 @@ def expected_jobs(config: dict) -> dict[str, int]:
     return {rule: n for rule, n in jobs.items() if n}
 
 
+#: Test files that mostly wait (for SLURM's scheduler and status checks) rather than compute: run first,
+#: so that pytest-xdist's other worker computes beside them (the shared smoke run, the unit tests).
+WAITING_FIRST = ("test_slurm_pipeline.py", "test_slurm_cluster.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in WAITING_FIRST)  # stable: the order within a file stays
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tests of tiny tensors run torch on one thread: a second intra-op thread gains nothing, and on a
@@ -119,10 +142,32 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> Path:
-    """A working directory holding a completed run of configs/smoke.yaml (do not modify: copy it)."""
-    workdir = tmp_path_factory.mktemp("smoke")
-    snakemake(workdir, "--cores", "2")
+def smoke_run(tmp_path_factory, worker_id) -> Path:
+    """A working directory holding a completed run of configs/smoke.yaml (do not modify: copy it).
+
+    Under pytest-xdist the workers share one run: the first to ask computes it under a file lock in
+    the directory common to all workers, the others wait for it; a failed run is not retried by the
+    next worker, which fails with the first one's message."""
+    if worker_id == "master":
+        workdir = tmp_path_factory.mktemp("smoke")
+        snakemake(workdir, "--cores", "2")
+        return workdir
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent
+    workdir, failed = shared / "smoke", shared / "smoke.failed"
+    with FileLock(str(shared / "smoke.lock")):
+        if failed.exists():
+            raise AssertionError(f"the shared smoke run failed in another worker:\n{failed.read_text()}")
+        if not (shared / "smoke.done").exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir()
+            try:
+                snakemake(workdir, "--cores", "2")
+            except BaseException as error:
+                failed.write_text(str(error))
+                raise
+            (shared / "smoke.done").touch()
     return workdir
 
 

@@ -19,7 +19,7 @@ import torch
 import xarray as xr
 import yaml
 
-from conftest import SMOKE_CONFIG, jobs_by_rule, snakemake
+from conftest import LEAN, SMOKE_CONFIG, jobs_by_rule, snakemake
 from stirflow.config import ConfigError, model_layers, run_names, stir_blocks, stir_epochs, validate_config
 from stirflow.data import ImageSet, make_shapes, to_tensor, write_image_h5
 from stirflow.inversion import invert_blocks, invert_fn
@@ -288,7 +288,7 @@ def test_dag_of_a_non_vit_names_its_files_by_layer(tmp_path):
 
 @pytest.mark.slow
 def test_a_resnet_runs_through_the_pipeline(tmp_path):
-    config = _config(timm_name="resnet18", kwargs=FAMILIES["resnet"][1])
+    config = {**_config(timm_name="resnet18", kwargs=FAMILIES["resnet"][1]), **LEAN}
     config["finetune"]["runs"] = config["finetune"]["runs"][:2]  # one pretrained, one scratch run
     config["stir"].update(layers=[1, 2, 4], layers_per_job=0)
     config["stir"].pop("blocks_per_job", None)

@@ -32,21 +32,23 @@ def test_one_robustness_job_per_run_scores_every_checkpoint(smoke_run):
 
 @pytest.mark.slow
 def test_grouping_checkpoints_changes_no_result(smoke_copy, tmp_path):
-    """One job per checkpoint (checkpoints_per_job: 1) gives the summary of one job per run, byte for
-    byte in every variable; only the robustness jobs and what reads them rerun."""
+    """Groups of two checkpoints per job (the last group holding one) give the summary of one job per
+    run, byte for byte in every variable; only the robustness jobs and what reads them rerun."""
     before = summary(smoke_copy)
-    config = write_config(tmp_path / "per_checkpoint.yaml", robustness={"checkpoints_per_job": 1})
-    dry = snakemake(smoke_copy, "-n", "--quiet", "rules", configfile=config)
+    config = write_config(tmp_path / "grouped.yaml", robustness={"checkpoints_per_job": 2})
     n_runs, epochs = len(run_names(load_config(config))), load_config(config)["finetune"]["epochs"] + 1
-    expected = {f"robustness_{e:03d}_{e:03d}": n_runs for e in range(epochs)} | {"aggregate": 1, "figures": 1, "all": 1}
+    groups = [(first, min(first + 2, epochs) - 1) for first in range(0, epochs, 2)]
+    assert groups == [(0, 1), (2, 2)]  # the smoke config's 3 checkpoints: an uneven last group
+    dry = snakemake(smoke_copy, "-n", "results/summary.nc", configfile=config)
+    expected = {f"robustness_{a:03d}_{b:03d}": n_runs for a, b in groups} | {"aggregate": 1}
     assert jobs_by_rule(dry.stdout) == expected
-    snakemake(smoke_copy, "--cores", "2", configfile=config)
+    snakemake(smoke_copy, "--cores", "2", "results/summary.nc", configfile=config)
     after = summary(smoke_copy)
     assert set(after.data_vars) == set(before.data_vars)
     for name in before.data_vars:
         xr.testing.assert_identical(after[name], before[name])
     logs = {p.name for p in (smoke_copy / "results" / "logs" / "robustness" / run_names(load_config(config))[0]).iterdir()}
-    assert {f"epochs_{e:03d}-{e:03d}.log" for e in range(epochs)} <= logs
+    assert {f"epochs_{a:03d}-{b:03d}.log" for a, b in groups} <= logs
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -120,10 +121,13 @@ def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
         sys.stdout = sys.stderr = stream
     logging.basicConfig(level=logging.INFO, stream=stream, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
-    threads = int(getattr(snakemake, "threads", 1) or 1)
-    torch.set_num_threads(max(1, threads))
+    threads = max(1, int(getattr(snakemake, "threads", 1) or 1))
+    # only scripts that use torch pay for importing it (3 s a job): one that has not imported it by now
+    # (aggregate, figures) gets the thread count through the environment, should it import torch later
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     log.info("rule %s, wildcards %s, %d thread(s)", snakemake.rule, dict(snakemake.wildcards), threads)
     try:
         main(snakemake)
