@@ -20,7 +20,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/snakemake --cores $(CORES)
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/snakemake --lint
