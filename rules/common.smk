@@ -9,15 +9,19 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the library, also without `pip install`
 
 from stirflow.config import (
+    DEFAULT_MODEL,
     ConfigError,
     convergence_blocks,
     convergence_sample,
     convergence_steps,
     expand_runs,
+    figure_names,
     model_layers,
-    model_spec,
+    model_section,
+    models_in_use,
+    pretrain_dir,
+    run_blocks,
     run_training,
-    stir_blocks,
     stir_epochs,
     training_settings,
     validate_config,
@@ -38,14 +42,21 @@ RUN_CONFIGS = {run["name"]: run for run in expand_runs(config)}  # runs × grid 
 RUNS = list(RUN_CONFIGS)
 EPOCHS = list(range(config["finetune"]["epochs"] + 1))
 STIR_EPOCHS = stir_epochs(config)
-BLOCKS = stir_blocks(config)
-MODEL_LAYERS = model_layers(config)  # what a layer is: blocks of a ViT, stages of other models
-LAYER_FILES = "blocks" if MODEL_LAYERS["layer_kind"] == "block" else "layers"  # inversion file names
-_per_job = config["stir"]["blocks_per_job"] or len(BLOCKS)
-BLOCK_GROUPS = [BLOCKS[i : i + _per_job] for i in range(0, len(BLOCKS), _per_job)]
+# Each run has its model's layers (blocks of a ViT, stages of other models): STIR scores its own.
+MODEL_LAYERS = {m: model_layers(config, m) for m in models_in_use(config)}
+RUN_BLOCKS = {r: run_blocks(config, RUN_CONFIGS[r]) for r in RUNS}
+
+
+def block_groups(blocks):
+    """A checkpoint's layers split into the groups one inversion job each inverts (stir.blocks_per_job)."""
+    per_job = config["stir"]["blocks_per_job"] or len(blocks)
+    return [blocks[i : i + per_job] for i in range(0, len(blocks), per_job)]
+
+
+RUN_BLOCK_GROUPS = {r: block_groups(b) for r, b in RUN_BLOCKS.items()}
 PRETRAINED_WEIGHTS = config["pretrain"]["weights"]
 CHECK_SAMPLE = convergence_sample(config)  # (run, epoch) pairs scored again with more steps
-CHECK_BLOCKS = convergence_blocks(config)
+CHECK_BLOCKS = {r: convergence_blocks(config, RUN_CONFIGS[r]["model"]) for r, _ in CHECK_SAMPLE}
 CHECK_STEPS = convergence_steps(config)
 
 
@@ -53,6 +64,7 @@ wildcard_constraints:
     run="|".join(RUNS),
     epoch=r"\d{3}",
     blocks=r"\d{2}(-\d{2})*",
+    layer_files="blocks|layers",
     dataset=r"[A-Za-z0-9_.-]+",
 
 
@@ -68,6 +80,20 @@ def run_target(run):
     return RUN_CONFIGS[run]["target"]
 
 
+def run_model(run):
+    """The model section a run finetunes (``model``, or its entry of ``models``)."""
+    return model_section(config, RUN_CONFIGS[run]["model"])
+
+
+def layer_files(run):
+    """How a run's inversion files are named: ``blocks_*`` for a ViT's blocks, ``layers_*`` otherwise."""
+    return "blocks" if MODEL_LAYERS[RUN_CONFIGS[run]["model"]]["layer_kind"] == "block" else "layers"
+
+
+def pretrain_checkpoint(model, epoch):
+    return f"{RES}/{pretrain_dir(model)}/checkpoints/epoch_{int(epoch):03d}.pt"
+
+
 def dataset_files(name, split):
     return f"{DATA}/{name}/{split}.h5"
 
@@ -81,17 +107,20 @@ def block_group_name(blocks):
 
 
 def inversion_path(run, epoch, blocks):
-    return f"{RES}/runs/{run}/inversions/epoch_{int(epoch):03d}/{LAYER_FILES}_{block_group_name(blocks)}.h5"
+    return f"{RES}/runs/{run}/inversions/epoch_{int(epoch):03d}/{layer_files(run)}_{block_group_name(blocks)}.h5"
 
 
 def check_inversion_path(run, epoch):
     return (f"{RES}/runs/{run}/convergence/inversions/epoch_{int(epoch):03d}/"
-            f"{LAYER_FILES}_{block_group_name(CHECK_BLOCKS)}.h5")
+            f"{layer_files(run)}_{block_group_name(CHECK_BLOCKS[run])}.h5")
+
+
+FIGURE_NAMES = figure_names(config)  # every figure, less those of an open question's axis the config does not vary
 
 
 def figure_files():
     formats = config["figures"]["formats"]
-    return [f"{RES}/figures/{name}.{ext}" for name in FIGURES for ext in formats]
+    return [f"{RES}/figures/{name}.{ext}" for name in FIGURE_NAMES for ext in formats]
 
 
 def run_identity(run):
@@ -100,10 +129,12 @@ def run_identity(run):
 
 
 def run_summary(run):
-    """What aggregate needs to know of a run: identity, seed, condition and settings."""
+    """What aggregate needs to know of a run: identity, seed, condition, settings and its model's layers."""
     r = RUN_CONFIGS[run]
+    layers = MODEL_LAYERS[r["model"]]
     return {**run_identity(run), "seed": r["seed"], "condition": r["condition"],
-            "settings": run_training(config, r)}
+            "settings": run_training(config, r), "model": r["model"],
+            "layers": {k: layers[k] for k in ("model", "layer_kind", "layer_modules", "depth")}}
 
 
 def dataset_spec(name):
@@ -130,7 +161,7 @@ def finetune_inputs(w):
     if run["init"] == "pretrained":
         weights = config["pretrain"]["weights"]
         if weights is None:
-            inputs["init"] = f"{RES}/pretrain/checkpoints/epoch_{config['pretrain']['epochs']:03d}.pt"
+            inputs["init"] = pretrain_checkpoint(run["model"], config["pretrain"]["epochs"])
         elif weights.get("file"):
             inputs["init"] = weights["file"]
     return inputs

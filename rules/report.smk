@@ -41,7 +41,6 @@ rule aggregate:
         analysis=config["analysis"],
         convergence={k: config["convergence"][k] for k in ("factor", "tolerance")},
         reference_run=config["robustness"]["reference_run"],
-        model={k: MODEL_LAYERS[k] for k in ("model", "layer_kind", "layer_modules")},
         code=code("aggregate"),
     log:
         f"{RES}/logs/aggregate/aggregate.log",
@@ -60,7 +59,7 @@ rule figures:
     input:
         summary=f"{RES}/summary.nc",
     output:
-        [report_figure(name, ext) for name in FIGURES for ext in config["figures"]["formats"]],
+        [report_figure(name, ext) for name in FIGURE_NAMES for ext in config["figures"]["formats"]],
     params:
         figures=config["figures"],
         code=code("figures"),

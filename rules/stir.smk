@@ -1,6 +1,8 @@
 # STIR: one inversion per (checkpoint, block), reused by every score that needs it (blocks of a
 # checkpoint may share a job and a batched pass: stir.blocks_per_job);
-# scores per (run, epoch) against the run's epoch 0 (the model before finetuning).
+# scores per (run, epoch) against the run's epoch 0 (the model before finetuning). Each run scores
+# its own model's layers (RUN_BLOCKS); inversion files say what a layer is: blocks_* of a ViT,
+# layers_* of other models.
 
 INVERSION_KEYS = ("n_images", "image_selection", "image_seed", "steps", "step_size", "step_schedule",
                   "final_step_size", "start", "representation", "norm_p", "seed", "chunk_size", "log_every")
@@ -12,15 +14,15 @@ rule invert:
         checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
         images=lambda w: dataset_files(run_target(w.run), "test"),
     output:
-        f"{RES}/runs/{{run}}/inversions/epoch_{{epoch}}/{LAYER_FILES}_{{blocks}}.h5",
+        f"{RES}/runs/{{run}}/inversions/epoch_{{epoch}}/{{layer_files}}_{{blocks}}.h5",
     params:
         stir=INVERSION_PARAMS,
         compute={k: config["compute"][k] for k in ("device", "bf16", "compile")},
         code=code("invert"),
     log:
-        f"{RES}/logs/invert/{{run}}/epoch_{{epoch}}_blocks_{{blocks}}.log",
+        f"{RES}/logs/invert/{{run}}/epoch_{{epoch}}_{{layer_files}}_{{blocks}}.log",
     benchmark:
-        f"{RES}/benchmarks/invert/{{run}}/epoch_{{epoch}}_blocks_{{blocks}}.tsv"
+        f"{RES}/benchmarks/invert/{{run}}/epoch_{{epoch}}_{{layer_files}}_{{blocks}}.tsv"
     group:
         "invert"
     threads: config["compute"]["threads"]
@@ -37,13 +39,13 @@ rule stir_scores:
     input:
         ref_checkpoint=lambda w: checkpoint_path(w.run, 0),
         checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
-        ref_inversions=lambda w: [inversion_path(w.run, 0, g) for g in BLOCK_GROUPS],
-        inversions=lambda w: [inversion_path(w.run, w.epoch, g) for g in BLOCK_GROUPS],
+        ref_inversions=lambda w: [inversion_path(w.run, 0, g) for g in RUN_BLOCK_GROUPS[w.run]],
+        inversions=lambda w: [inversion_path(w.run, w.epoch, g) for g in RUN_BLOCK_GROUPS[w.run]],
         images=lambda w: dataset_files(run_target(w.run), "test"),
     output:
         f"{RES}/runs/{{run}}/stir/epoch_{{epoch}}.nc",
     params:
-        blocks=BLOCKS,
+        blocks=lambda w: RUN_BLOCKS[w.run],
         representation=config["stir"]["representation"],
         similarity=config["stir"]["similarity"],
         bootstrap=config["stir"]["image_bootstrap"],
@@ -74,15 +76,15 @@ rule invert_check:
         checkpoint=lambda w: checkpoint_path(w.run, w.epoch),
         images=lambda w: dataset_files(run_target(w.run), "test"),
     output:
-        f"{RES}/runs/{{run}}/convergence/inversions/epoch_{{epoch}}/{LAYER_FILES}_{{blocks}}.h5",
+        f"{RES}/runs/{{run}}/convergence/inversions/epoch_{{epoch}}/{{layer_files}}_{{blocks}}.h5",
     params:
         stir={**INVERSION_PARAMS, "steps": CHECK_STEPS},
         compute={k: config["compute"][k] for k in ("device", "bf16", "compile")},
         code=code("invert"),
     log:
-        f"{RES}/logs/invert_check/{{run}}/epoch_{{epoch}}_blocks_{{blocks}}.log",
+        f"{RES}/logs/invert_check/{{run}}/epoch_{{epoch}}_{{layer_files}}_{{blocks}}.log",
     benchmark:
-        f"{RES}/benchmarks/invert_check/{{run}}/epoch_{{epoch}}_blocks_{{blocks}}.tsv"
+        f"{RES}/benchmarks/invert_check/{{run}}/epoch_{{epoch}}_{{layer_files}}_{{blocks}}.tsv"
     group:
         "invert"
     threads: config["compute"]["threads"]
@@ -105,7 +107,7 @@ rule stir_scores_check:
     output:
         f"{RES}/runs/{{run}}/convergence/epoch_{{epoch}}.nc",
     params:
-        blocks=CHECK_BLOCKS,
+        blocks=lambda w: CHECK_BLOCKS[w.run],
         representation=config["stir"]["representation"],
         similarity=config["stir"]["similarity"],
         bootstrap=0,

@@ -23,9 +23,10 @@ def main(sm):
                                         "verdict"]].to_string())
     ds.attrs["analysis"] = json.dumps(dict(sm.params.analysis), sort_keys=True)
     ds.attrs["reference_run"] = sm.params.reference_run or ""
-    model = sm.params.model  # what a layer is: a ViT's blocks, another model's stages
-    ds.attrs.update(model=model["model"], layer_kind=model["layer_kind"])
-    ds = ds.assign_coords(layer_module=("layer", [model["layer_modules"][int(b) - 1] for b in ds["layer"].values]))
+    # what a layer is (a ViT's blocks, another model's stages): per run in the coordinates, and here
+    # the architectures and layer kinds of all runs
+    ds.attrs.update(model=", ".join(dict.fromkeys(map(str, ds["architecture"].values))),
+                    layer_kind=", ".join(dict.fromkeys(map(str, ds["layer_kind"].values))))
     with atomic_path(sm.output.summary) as tmp:
         ds.to_netcdf(tmp, engine="h5netcdf")
     write_tables(ds, sm.output.correlations, sm.output.checkpoints)

@@ -1,4 +1,4 @@
-"""figures: every figure of stirflow.plots.FIGURES from summary.nc."""
+"""figures: the figures of stirflow.plots.FIGURES that the rule outputs, from summary.nc."""
 
 from pathlib import Path
 
@@ -14,7 +14,8 @@ def main(sm):
             ds = ds.load()
     except (OSError, ValueError) as err:  # h5py's message for a truncated file does not name it
         raise OSError(f"{sm.input.summary}: cannot read the summary ({err})") from err
-    for path in draw_all(ds, Path(sm.output[0]).parent, sm.params.figures):
+    names = list(dict.fromkeys(Path(p).stem for p in sm.output))  # the config's figures (common.smk: FIGURE_NAMES)
+    for path in draw_all(ds, Path(sm.output[0]).parent, sm.params.figures, names):
         log.info("wrote %s", path)
 
 

@@ -299,7 +299,11 @@ def test_a_resnet_runs_through_the_pipeline(tmp_path):
     ds = xr.load_dataset(work / "results" / "summary.nc", engine="h5netcdf")
     assert ds.attrs["model"] == "resnet18" and ds.attrs["layer_kind"] == "stage"
     assert list(ds["layer"].values) == [1, 2, 4]
-    assert list(ds["layer_module"].values) == ["layer1", "layer2", "layer4"]
+    # what each run's layers are, per run (a summary may hold several architectures)
+    assert ds["layer_module"].dims == ("run", "layer")
+    assert ds["layer_module"].values.tolist() == [["layer1", "layer2", "layer4"]] * ds.sizes["run"]
+    assert set(ds["layer_kind"].values) == {"stage"} and set(ds["depth"].values) == {4}
+    np.testing.assert_allclose(ds["relative_depth"].values, [[0.25, 0.5, 1.0]] * ds.sizes["run"])
     scored = [e for e in stir_epochs(validate_config(config)) if e > 0]
     forgetting = ds["forgetting"].sel(epoch=scored).values
     assert np.all(np.isfinite(forgetting)) and np.all((forgetting >= -1e-6) & (forgetting <= 1 + 1e-6))

@@ -39,6 +39,10 @@ __all__ = [
     "early_stopping_table",
     "forgetting_spread",
     "relative_error",
+    "correlation_measures",
+    "adversarial_measure",
+    "layer_coordinates",
+    "schedule_label",
     "summarise",
     "write_tables",
 ]
@@ -55,10 +59,23 @@ ROBUSTNESS_DIRECTION = {"classification": 1.0, "reconstruction": -1.0}
 ROBUSTNESS_MEASURE = {"classification": "mean corrupted accuracy", "reconstruction": "mean corrupted L1 error"}
 
 
-def forgetting_spread(forgetting: xr.DataArray) -> xr.DataArray:
+def forgetting_spread(forgetting: xr.DataArray, own: xr.DataArray | None = None) -> xr.DataArray:
     """Standard deviation over layers of Forgetting(l, e): the population std (ddof = 0), NaN
-    wherever any layer was not scored (a spread over part of the layers is not comparable)."""
-    return forgetting.std("layer", ddof=0, skipna=False)
+    wherever any layer was not scored (a spread over part of the layers is not comparable).
+
+    ``own`` (run, layer), true where a layer is one of the run's own (runs of shallower models have
+    fewer): the spread of each run over its own layers; without it, over every layer.
+    """
+    if own is None:
+        return forgetting.std("layer", ddof=0, skipna=False)
+    missing = (forgetting.isnull() & own).any("layer")
+    return forgetting.where(own).std("layer", ddof=0, skipna=True).where(~missing)
+
+
+def own_layers(ds: xr.Dataset) -> xr.DataArray | None:
+    """(run, layer): true where the layer is one of the run's own (``relative_depth`` is defined);
+    None for a summary without the runs' depths."""
+    return ds["relative_depth"].notnull() if "relative_depth" in ds.coords else None
 
 
 def read_history(path: str | Path) -> list[dict[str, Any]]:
@@ -85,6 +102,43 @@ def read_scores(path: str | Path) -> xr.Dataset:
     return ds
 
 
+def scored_layers(stir: Sequence[xr.Dataset], paths: Sequence[str]) -> list[int]:
+    """The ``layer`` coordinate of a summary: every layer some run scored, in order. Runs of models
+    of different depths score their own layers; the files of one run must all cover the same ones."""
+    per_run: dict[str, list[int]] = {}
+    for scores, path in zip(stir, paths):
+        layers = [int(b) for b in scores.layer.values]
+        run = str(scores.attrs["run"])
+        if per_run.setdefault(run, layers) != layers:
+            raise ValueError(f"{path}: covers blocks {layers}, other STIR files of run {run} {per_run[run]}")
+    return sorted({b for layers in per_run.values() for b in layers})
+
+
+def layer_coordinates(runs: Sequence[Mapping[str, Any]], layers: Sequence[int]) -> dict[str, tuple]:
+    """Coordinates saying what each run's layers are, for runs that carry their model's description
+    (``run["model"]``: the config's name of the architecture; ``run["layers"]``: ``model``,
+    ``layer_kind``, ``layer_modules`` and ``depth``, see :func:`stirflow.config.model_layers`).
+
+    ``model``, ``architecture`` (timm's name or class), ``layer_kind`` and ``depth`` along ``run``;
+    ``relative_depth`` (run, layer) = layer / depth, NaN beyond a run's depth; ``layer_module``
+    (run, layer): the module a layer is the output of ("" beyond the run's depth).
+    """
+    if not runs or not all("layers" in r for r in runs):
+        return {}
+    described = [r["layers"] for r in runs]
+    depth = np.array([int(d["depth"]) for d in described], float)
+    grid = np.asarray(layers, float)[None, :]
+    return {
+        "model": ("run", [str(r.get("model", "default")) for r in runs]),
+        "architecture": ("run", [str(d["model"]) for d in described]),
+        "layer_kind": ("run", [str(d["layer_kind"]) for d in described]),
+        "depth": ("run", depth.astype(int)),
+        "relative_depth": (("run", "layer"), np.where(grid <= depth[:, None], grid / depth[:, None], np.nan)),
+        "layer_module": (("run", "layer"), [[d["layer_modules"][b - 1] if b <= len(d["layer_modules"]) else ""
+                                             for b in layers] for d in described]),
+    }
+
+
 def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robustness_files: Sequence[str],
               history_files: Sequence[str], *, convergence_files: Sequence[str] = (),
               convergence: Mapping[str, Any] | None = None, reference_run: str | None = None,
@@ -100,7 +154,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     histories = {n: read_history(p) for n, p in zip(names, history_files)}
     epochs = sorted({rec["epoch"] for h in histories.values() for rec in h})
     stir = [read_scores(p) for p in stir_files]
-    blocks = [int(b) for b in stir[0].layer.values] if stir else []
+    blocks = scored_layers(stir, stir_files)  # every run's own layers: the union, NaN where a run has none
     steps = [int(t) for t in stir[0].step.values] if stir else []
     rob = [load_robustness(p) for p in robustness_files]
     corruptions = rob[0][1]["corruptions"] if rob else []
@@ -116,21 +170,25 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     compression_boot = np.full(shape_l[:2] + (resamples,), np.nan)
     for scores, path in zip(stir, stir_files):
         r, e = names.index(str(scores.attrs["run"])), epochs.index(int(scores.attrs["epoch"]))
-        if [int(b) for b in scores.layer.values] != blocks:
-            raise ValueError(f"{path}: covers blocks {list(scores.layer.values)}, other STIR files {blocks}")
+        at = [blocks.index(int(b)) for b in scores.layer.values]  # where the file's layers go
+        square = np.ix_(at, at)
         if [int(t) for t in scores.step.values] != steps:
             raise ValueError(f"{path}: loss curves at other steps than the other STIR files")
         for key in data:
             # the checkpoint's own inversions (model B of its comparison against epoch 0)
-            data[key][r, e] = scores[INVERSION_LOSSES[key] if key in INVERSION_LOSSES else key].values
-        curves[r, e] = scores["inversion_curve_b"].values
+            values = scores[INVERSION_LOSSES[key] if key in INVERSION_LOSSES else key].values
+            if key in MATRICES:
+                data[key][r, e][square] = values
+            else:
+                data[key][r, e, at] = values
+        curves[r, e, at] = scores["inversion_curve_b"].values
         compression[r, e] = float(scores["compression"])
         if resamples:
             if int(scores.sizes.get("resample", 0)) != resamples:
                 raise ValueError(f"{path}: {scores.sizes.get('resample', 0)} image resamples, other STIR files "
                                  f"{resamples}")
             for key in boot:
-                boot[key][r, e] = scores[key].transpose("resample", "layer").values
+                boot[key][r, e][:, at] = scores[key].transpose("resample", "layer").values
             compression_boot[r, e] = scores["compression_boot"].values
 
     clean = np.full((len(names), len(epochs)), np.nan)
@@ -155,6 +213,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     }
     dims_l, dims_m = ("run", "epoch", "layer"), ("run", "epoch", "layer_ref", "layer_eval")
     coords["step"] = steps
+    coords.update(layer_coordinates(runs, blocks))
     ds = xr.Dataset(coords=coords)
     ds["forgetting"] = (dims_l, data["forgetting"], {"long_name": "Forgetting", "description": "1 - STIR(f_e,l | p_l)"})
     ds["learning"] = (dims_l, data["learning"], {"long_name": "Learning", "description": "1 - STIR(p_l | f_e,l)"})
@@ -167,7 +226,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
     }
     for key, text in descriptions.items():
         ds[key] = (dims_m, data[key], {"description": text})
-    ds["forgetting_spread"] = forgetting_spread(ds["forgetting"])
+    ds["forgetting_spread"] = forgetting_spread(ds["forgetting"], own_layers(ds))
     ds["forgetting_spread"].attrs["description"] = "population standard deviation over layers of Forgetting(l, e)"
     ds["clean_score"] = (("run", "epoch"), clean,
                          {"description": "clean test accuracy (classification) or L1 error (reconstruction)"})
@@ -284,8 +343,9 @@ def _flat(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def run_coordinates(runs: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, list]]:
     """Coordinates of ``run``: ``target``, ``init``, ``task``, ``seed``, ``condition`` (the run's name
     without its seed: runs that are replicates of each other share it), and every finetuning setting
-    that differs between runs (nested keys joined by ``_``, e.g. ``optimizer_lr``), so that
-    ``ds.groupby("init")`` or ``ds.where(ds.seed == 0)`` select runs by what they are."""
+    that differs between runs (nested keys joined by ``_``, e.g. ``optimizer_lr``; the lr schedule in
+    words, :func:`schedule_label`), so that ``ds.groupby("init")`` or ``ds.where(ds.seed == 0)``
+    select runs by what they are."""
     coords: dict[str, tuple[str, list]] = {
         "target": ("run", [r["target"] for r in runs]),
         "init": ("run", [r.get("init", "pretrained") for r in runs]),
@@ -293,7 +353,9 @@ def run_coordinates(runs: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, l
         "seed": ("run", [int(r.get("seed", 0)) for r in runs]),
         "condition": ("run", [r.get("condition", r["name"]) for r in runs]),
     }
-    settings = [_flat(r.get("settings", {})) for r in runs]
+    # a schedule is one coordinate in words (not one per parameter): runs group by it as they trained
+    settings = [_flat({k: schedule_label(v) if k == "schedule" else v for k, v in r.get("settings", {}).items()})
+                for r in runs]
     for key in sorted({k for s in settings for k in s} - {"seed"}):
         values = [s.get(key) for s in settings]
         if len({json.dumps(v, sort_keys=True) for v in values}) < 2:
@@ -301,6 +363,21 @@ def run_coordinates(runs: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, l
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         coords[key] = ("run", [float(v) for v in values] if numeric else [str(v) for v in values])
     return coords
+
+
+def schedule_label(schedule: str | Mapping[str, Any]) -> str:
+    """A learning-rate schedule in words: its name, with its parameters where it has some
+    (``step(gamma=0.5, milestones=[3, 6])``)."""
+    if isinstance(schedule, str):
+        return schedule
+    params = [f"{k}={_label_value(v)}" for k, v in sorted(schedule.items()) if k != "name"]
+    return str(schedule.get("name", "?")) + (f"({', '.join(params)})" if params else "")
+
+
+def _label_value(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).replace(" ", "")
 
 
 def direction(ds: xr.Dataset) -> xr.DataArray:
@@ -366,14 +443,47 @@ def _scope_limit(scope: str) -> int | None:
     return None if scope == "all" else int(str(scope).rsplit("_", 1)[1])
 
 
+def adversarial_measure(norm: str, eps: float, relative: bool = False) -> str:
+    """The correlation table's name of the measure "accuracy under PGD in ``norm`` at radius ``eps``"."""
+    return f"adversarial_{norm}_{float(eps):g}" + ("_relative" if relative else "")
+
+
+def correlation_measures(ds: xr.Dataset) -> dict[str, tuple[str, xr.DataArray]]:
+    """The robustness measures correlated with forgetting spread: name → (in words, values (run, epoch)).
+
+    The corruption measures of :data:`MEASURES` (``absolute``, ``relative``), then per norm and
+    radius ε > 0 of ``adversarial_accuracy`` two more, reported exactly like them: the accuracy under
+    the attack (:func:`adversarial_measure`) and the same relative to the clean accuracy on the same
+    images (ε = 0 of that norm; the clean test accuracy where ε = 0 was not attacked), ``..._relative``.
+    """
+    out = {name: (text, ds[variable]) for name, (variable, text) in MEASURES.items() if variable in ds}
+    if "adversarial_accuracy" not in ds:
+        return out
+    adv = ds["adversarial_accuracy"]
+    for norm in map(str, adv.norm.values):
+        radii = [float(e) for e in adv.eps.values]
+        clean, clean_text = ((adv.sel(norm=norm, eps=0.0), "the clean accuracy on the same images") if 0.0 in radii
+                             else (ds["clean_score"], "the clean test accuracy"))
+        for eps in radii:
+            values = adv.sel(norm=norm, eps=eps, drop=True)
+            if eps <= 0 or not np.isfinite(values.values).any():  # radii are the union over norms
+                continue
+            attack = f"accuracy under a PGD attack, {norm} radius {eps:g}"
+            out[adversarial_measure(norm, eps)] = (attack, values)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                relative = values / clean.drop_vars([c for c in ("norm", "eps") if c in clean.coords])
+            out[adversarial_measure(norm, eps, relative=True)] = (f"{attack} / {clean_text}", relative)
+    return out
+
+
 def _points(ds: xr.Dataset, task: str, max_epoch: int | None, measure: str) -> list[tuple[str, np.ndarray, ...]]:
     """Per run of ``task``: (run, spread, robustness measure, clean score) at epochs 1..max_epoch where
     all three exist. The clean score is oriented like robustness (higher = better)."""
-    variable = MEASURES[measure][0]
+    values = correlation_measures(ds)[measure][1]
     out = []
     for run in ds.run.values[ds["task"].values == task]:
         sub = ds.sel(run=run, epoch=_scope_epochs(ds, max_epoch))
-        x, y = sub["forgetting_spread"].values, sub[variable].values
+        x, y = sub["forgetting_spread"].values, values.sel(run=run, epoch=_scope_epochs(ds, max_epoch)).values
         z = sub["clean_score"].values * ROBUSTNESS_DIRECTION[task]
         keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
         out.append((str(run), x[keep], y[keep], z[keep]))
@@ -385,7 +495,8 @@ def correlation_table(ds: xr.Dataset, first_epochs: Sequence[int], *, bootstrap:
     """Forgetting spread against robustness, per task kind × scope × measure × estimate.
 
     ``scope``: all epochs ≥ 1 (``"all"``) or epochs 1..k (``"first_<k>"``); ``measure``: see
-    :data:`MEASURES`; ``estimate``: see :data:`ESTIMATES`. Variables ``corr_<key>`` for the keys of
+    :func:`correlation_measures` (the corruption measures, and the adversarial ones where the summary
+    has adversarial accuracies); ``estimate``: see :data:`ESTIMATES`. Variables ``corr_<key>`` for the keys of
     :func:`stirflow.statistics.correlation` (``n`` counts (run, epoch) pairs, or runs for
     ``within_run``), and ``corr_run_pearson_r`` / ``corr_run_spearman_r`` (run, scope, measure):
     each run's own correlation.
@@ -394,7 +505,8 @@ def correlation_table(ds: xr.Dataset, first_epochs: Sequence[int], *, bootstrap:
 
     scopes = ["all"] + [f"first_{int(k)}" for k in first_epochs]
     tasks = sorted(set(map(str, ds["task"].values)))
-    measures, estimates = list(MEASURES), list(ESTIMATES)
+    described = correlation_measures(ds)
+    measures, estimates = list(described), list(ESTIMATES)
     shape = (len(tasks), len(scopes), len(measures), len(estimates))
     table: dict[str, np.ndarray] = {}
     per_run = {m: np.full((ds.sizes["run"], len(scopes), len(measures)), np.nan) for m in ("pearson", "spearman")}
@@ -416,7 +528,7 @@ def correlation_table(ds: xr.Dataset, first_epochs: Sequence[int], *, bootstrap:
     dims = ("task_kind", "scope", "measure", "estimate")
     out = xr.Dataset({f"corr_{k}": (dims, v) for k, v in table.items()},
                      coords={"task_kind": tasks, "scope": scopes, "measure": measures, "estimate": estimates,
-                             "measure_description": ("measure", [MEASURES[m][1] for m in measures]),
+                             "measure_description": ("measure", [described[m][0] for m in measures]),
                              "estimate_description": ("estimate", [ESTIMATES[e] for e in estimates])})
     for method, values in per_run.items():
         out[f"corr_run_{method}_r"] = (("run", "scope", "measure"), values,
@@ -522,7 +634,7 @@ def correlation_rows(ds: xr.Dataset) -> list[dict[str, str]]:
         sel = dict(task_kind=task, scope=scope, measure=measure, estimate=estimate)
         rows.append({"table": "correlation", "task": str(task), "scope": str(scope),
                      "epochs": f"{epochs[0]}-{epochs[-1]}" if epochs else "", "measure": str(measure),
-                     "estimate": str(estimate), "robustness": MEASURES[str(measure)][1],
+                     "estimate": str(estimate), "robustness": _measure_text(ds, str(measure)),
                      **{k: _fmt(ds[f"corr_{k}"].sel(sel).item()) for k in keys}})
     for run in ds.run.values:
         task = str(ds["task"].sel(run=run).values)
@@ -535,6 +647,12 @@ def correlation_rows(ds: xr.Dataset) -> list[dict[str, str]]:
                         for k in ("indicator_epoch", "best_robustness_epoch", "best_relative_robustness_epoch")},
                      **{k: _fmt(ds[k].sel(run=run).item()) for k in ("indicator_robustness", "best_robustness")}})
     return rows
+
+
+def _measure_text(ds: xr.Dataset, measure: str) -> str:
+    if "measure_description" in ds.coords:
+        return str(ds["measure_description"].sel(measure=measure).values)
+    return MEASURES[measure][1]
 
 
 CORRELATION_COLUMNS = ["table", "task", "scope", "epochs", "measure", "estimate", "robustness", "n",

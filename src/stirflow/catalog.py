@@ -7,7 +7,7 @@ figures :mod:`stirflow.plots` draws, with where each goes in the Snakemake repor
 
 from __future__ import annotations
 
-__all__ = ["OFFLINE_KINDS", "COMMON_CORRUPTIONS", "EXTRA_CORRUPTIONS", "CORRUPTIONS", "FIGURES"]
+__all__ = ["OFFLINE_KINDS", "COMMON_CORRUPTIONS", "EXTRA_CORRUPTIONS", "CORRUPTIONS", "FIGURES", "AXIS_FIGURES"]
 
 #: Data set kinds made on the machine, without a download (:mod:`stirflow.data`).
 OFFLINE_KINDS: tuple[str, ...] = ("shapes", "digits", "photos")
@@ -33,4 +33,13 @@ FIGURES: dict[str, tuple[str, str]] = {
     "training_curves": ("3. Training", "Training curves"),
     "robustness_per_corruption": ("2. Robustness", "Robustness per corruption and severity"),
     "inversion_convergence": ("4. Convergence", "Inversion losses and the convergence check"),
+    "axis_train_fraction": ("5. Open questions", "Learning, forgetting and spread against the train fraction"),
+    "axis_schedule": ("5. Open questions", "Learning, forgetting and spread per learning-rate schedule"),
+    "axis_adversarial": ("5. Open questions", "Forgetting spread against adversarial and corruption robustness"),
+    "axis_architectures": ("5. Open questions", "Learning and forgetting by relative depth, per architecture"),
 }
+
+#: Figures of an open question's axis → the axis (:func:`stirflow.config.varied_axes`): the DAG
+#: draws one only where the config varies its axis.
+AXIS_FIGURES: dict[str, str] = {"axis_train_fraction": "train_fraction", "axis_schedule": "schedule",
+                                "axis_adversarial": "adversarial", "axis_architectures": "architectures"}

@@ -21,10 +21,11 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from .catalog import CORRUPTIONS
+from .catalog import AXIS_FIGURES, CORRUPTIONS, FIGURES
 
 __all__ = [
     "ConfigError",
+    "DEFAULT_MODEL",
     "SCHEMA_PATH",
     "load_schema",
     "validate_config",
@@ -39,7 +40,15 @@ __all__ = [
     "model_layers",
     "model_kwargs",
     "model_spec",
+    "model_names",
+    "model_section",
+    "models_in_use",
+    "run_blocks",
+    "pretraining_models",
+    "pretrain_dir",
     "training_settings",
+    "varied_axes",
+    "figure_names",
     "uses_pretrained_init",
     "needs_pretraining",
     "vit_arguments",
@@ -51,6 +60,8 @@ __all__ = [
 
 #: The config schema: package data, wherever the package is installed (a path-like ``Traversable``).
 SCHEMA_PATH = files(__package__) / "schemas" / "config.schema.yaml"
+#: The name of the ``model`` section among the architectures (``models`` holds the others).
+DEFAULT_MODEL = "default"
 
 
 class ConfigError(ValueError):
@@ -72,6 +83,9 @@ def load_schema(path: str | Path | None = None) -> dict[str, Any]:
                 if k not in FINETUNE_STRUCTURE}
     finetune["runs"]["items"]["properties"].update(settings)
     finetune["grid"]["properties"] = {k: {"type": "array", "minItems": 1, "items": v} for k, v in settings.items()}
+    # every entry of `models` is a model section: the same keys and defaults as `model`
+    schema["properties"]["models"]["additionalProperties"] = {
+        k: v for k, v in copy.deepcopy(schema["properties"]["model"]).items() if k != "default"}
     return schema
 
 
@@ -166,6 +180,11 @@ ALIASES = {("model", "kwargs"): "vit", ("stir", "layers"): "blocks", ("stir", "l
 
 def _apply_aliases(config: dict[str, Any], given: Mapping[str, Any]) -> list[str]:
     problems = []
+    for model, section in given.get("models", {}).items():  # each entry of `models` is a model section
+        if "kwargs" in section:
+            if "vit" in section:
+                problems.append(f"models.{model}.kwargs and models.{model}.vit: give one of them (vit is the older name)")
+            config["models"][model].pop("vit", None)
     for (section, name), old in ALIASES.items():
         if name not in given.get(section, {}):
             continue
@@ -238,32 +257,32 @@ def _check_references(config: dict[str, Any], problems: list[str] | None = None,
         elif datasets[pre["dataset"]]["kind"] == "cifar10_c":
             problems.append(f"pretrain.dataset: {pre['dataset']!r} is a corrupted test set, not a training set")
     elif pre["weights"] is not None and uses_pretrained_init(config):  # weights that no run loads are not checked
-        w = pre["weights"]
-        if w.get("file") and not Path(w["file"]).is_file():
-            problems.append(f"pretrain.weights.file: {w['file']} not found")
-        if not (w.get("timm_pretrained") or w.get("file")):
-            problems.append("pretrain.weights: give timm_pretrained: true or a file")
-        if w.get("timm_pretrained") and not config["model"]["timm_name"]:
-            problems.append("pretrain.weights.timm_pretrained: needs model.timm_name")
-        if w.get("file") and not config["model"]["timm_name"]:
-            problems.append("pretrain.weights.file: needs model.timm_name (the weights' architecture)")
-    model_problems = _check_model(config)
-    problems += model_problems
-    layers = None
-    if not model_problems:
-        try:
-            layers = model_layers(config)
-        except ValueError as err:
-            problems.append(str(err))
-    for k, run in enumerate(config["finetune"]["runs"]):
-        if layers and run.get("task") == "reconstruction" and not layers["vision_transformer"]:
-            problems.append(f"finetune.runs.{k}.task: reconstruction needs a VisionTransformer, and model.timm_name "
-                            f"{config['model']['timm_name']!r} is a {layers['model']}")
-        if run["target"] not in datasets:
-            problems.append(f"finetune.runs.{k}.target: unknown data set {run['target']!r} (known: {', '.join(datasets)})")
-        elif datasets[run["target"]]["kind"] == "cifar10_c":
-            problems.append(f"finetune.runs.{k}.target: {run['target']!r} is a corrupted test set")
-    names = run_names(config)
+        problems += _check_weights(config)
+    unknown = _unknown_models(config)
+    if unknown:  # every later check needs each run's model
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems + unknown))
+    layers: dict[str, dict[str, Any]] = {}  # what each model's layers are, for the models that can be built
+    for model in model_names(config):
+        model_problems = _check_model(config, model)
+        problems += model_problems
+        if not model_problems:
+            try:
+                layers[model] = model_layers(config, model)
+            except ValueError as err:
+                problems.append(str(err))
+    runs = expand_runs(config)
+    for k, entry in enumerate(config["finetune"]["runs"]):
+        if entry["target"] not in datasets:
+            problems.append(f"finetune.runs.{k}.target: unknown data set {entry['target']!r} (known: {', '.join(datasets)})")
+        elif datasets[entry["target"]]["kind"] == "cifar10_c":
+            problems.append(f"finetune.runs.{k}.target: {entry['target']!r} is a corrupted test set")
+        for model in dict.fromkeys(r["model"] for r in runs if r["entry"] == k):
+            found = layers.get(model)
+            if found and entry.get("task") == "reconstruction" and not found["vision_transformer"]:
+                problems.append(f"finetune.runs.{k}.task: reconstruction needs a VisionTransformer, and "
+                                f"{_model_key(model)}.timm_name {model_section(config, model)['timm_name']!r} "
+                                f"is a {found['model']}")
+    names = [r["name"] for r in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         problems.append(f"finetune.runs: duplicate run names {duplicates} (give each run a distinct name, or "
@@ -271,22 +290,27 @@ def _check_references(config: dict[str, Any], problems: list[str] | None = None,
     if needs_pretraining(config):
         problems += _check_training("pretrain", pre)
     problems += _check_training("finetune", config["finetune"])
-    for run in expand_runs(config):
-        if run["varied"]:  # a run's own settings or grid values must fit together too
-            where = f"finetune (run {run['name']})"
+    for run in runs:
+        where = f"finetune (run {run['name']})"
+        if set(run["varied"]) - {"model"}:  # a run's own settings or grid values must fit together too
             problems += [p for p in _check_training(where, run_training(config, run)) if p not in problems]
         if "epochs" in run["varied"]:
             problems.append(f"{where}.epochs: every run trains for finetune.epochs (the DAG's checkpoints are "
                             f"the same for all runs); vary other settings per run or in finetune.grid")
     blocks = config["stir"]["blocks"]
-    if layers is not None and blocks != "all":
-        bad = [b for b in blocks if not 1 <= b <= layers["depth"]]
-        if bad:
-            problems.append(f"{selection_key}: {bad} out of range: the model has {layers['layer_kind']}s "
-                            f"1..{layers['depth']}")
-    if layers is not None and config["stir"]["representation"] == "cls" and not layers["class_token"]:
-        problems.append(f"stir.representation: 'cls' needs a model with a class token; {layers['model']} has none "
-                        f"(use tokens or mean)")
+    for model in models_in_use(config):
+        found = layers.get(model)
+        if found is None:
+            continue
+        owner = "the model" if len(models_in_use(config)) == 1 else f"model {model!r} ({_model_key(model)})"
+        if blocks != "all":
+            bad = [b for b in blocks if not 1 <= b <= found["depth"]]
+            if bad:  # one list for every model: it must fit the shallowest
+                problems.append(f"{selection_key}: {bad} out of range: {owner} has {found['layer_kind']}s "
+                                f"1..{found['depth']}")
+        if config["stir"]["representation"] == "cls" and not found["class_token"]:
+            problems.append(f"stir.representation: 'cls' needs a model with a class token; {found['model']} "
+                            f"({owner}) has none (use tokens or mean)")
     epochs = config["stir"]["epochs"]
     if isinstance(epochs, list):
         bad = [e for e in epochs if e > config["finetune"]["epochs"]]
@@ -295,7 +319,7 @@ def _check_references(config: dict[str, Any], problems: list[str] | None = None,
     bad = [c for c in config["robustness"]["corruptions"] if c not in CORRUPTIONS]
     if bad:
         problems.append(f"robustness.corruptions: unknown {bad} (known: {', '.join(CORRUPTIONS)})")
-    problems += _check_convergence(config, names, layers["depth"] if layers else None)
+    problems += _check_convergence(config, names, set(layers) >= set(models_in_use(config)))
     similarity = config["stir"]["similarity"]
     if config["stir"]["image_bootstrap"] and (similarity["kind"] != "linear" or similarity["debiased"]):
         problems.append("stir.image_bootstrap: implemented for stir.similarity kind linear, not debiased "
@@ -305,6 +329,44 @@ def _check_references(config: dict[str, Any], problems: list[str] | None = None,
         problems.append(f"robustness.reference_run: no run named {ref!r} (runs: {', '.join(names)})")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _check_weights(config: Mapping[str, Any]) -> list[str]:
+    """``pretrain.weights`` against the models of the pretrained runs, which all load them."""
+    w, problems = config["pretrain"]["weights"], []
+    if w.get("file") and not Path(w["file"]).is_file():
+        problems.append(f"pretrain.weights.file: {w['file']} not found")
+    if not (w.get("timm_pretrained") or w.get("file")):
+        problems.append("pretrain.weights: give timm_pretrained: true or a file")
+    models = pretrained_models(config)
+    if w.get("file") and len(models) > 1:
+        problems.append(f"pretrain.weights.file: one file holds one architecture's weights, and pretrained runs "
+                        f"use the models {models} (give timm_pretrained: true, or pretrain them)")
+    for model in models:
+        if model not in model_names(config) or model_section(config, model)["timm_name"]:
+            continue
+        key = _model_key(model)
+        if w.get("timm_pretrained"):
+            problems.append(f"pretrain.weights.timm_pretrained: needs {key}.timm_name")
+        if w.get("file"):
+            problems.append(f"pretrain.weights.file: needs {key}.timm_name (the weights' architecture)")
+    return problems
+
+
+def _unknown_models(config: Mapping[str, Any]) -> list[str]:
+    """Runs, the finetune section or the grid naming a model that is neither `default` nor in `models`."""
+    known = model_names(config)
+    problems = []
+    if "default" in config.get("models", {}):
+        problems.append("models.default: `default` is the name of the `model` section; give this one another name")
+    finetune = config["finetune"]
+    where = [("finetune.model", finetune["model"])]
+    where += [(f"finetune.runs.{k}.model", run["model"]) for k, run in enumerate(finetune["runs"]) if "model" in run]
+    where += [("finetune.grid.model", m) for m in (finetune.get("grid") or {}).get("model", [])]
+    for key, model in where:
+        if model not in known:
+            problems.append(f"{key}: unknown model {model!r} (models: {', '.join(known)})")
+    return problems
 
 
 #: The parameters each learning-rate schedule takes (schemas/config.schema.yaml, definitions.schedule).
@@ -344,18 +406,32 @@ def _check_training(name: str, section: Mapping[str, Any]) -> list[str]:
 
 # --------------------------------------------------------------------------- the model spec
 
-def _check_model(config: Mapping[str, Any]) -> list[str]:
-    """What would stop the configured model from being built, each problem naming its key.
+def _check_model(config: Mapping[str, Any], name: str = "default") -> list[str]:
+    """What would stop the model ``name`` (``default``: the ``model`` section, else an entry of
+    ``models``) from being built, each problem naming its key.
 
-    Without ``model.timm_name`` the check is arithmetic on ``model.vit`` and the defaults of timm's
+    Without ``timm_name`` the check is arithmetic on ``vit`` and the defaults of timm's
     VisionTransformer, read from timm's source (:func:`vit_arguments`), so it imports no torch. A
     named model is built on the meta device (no memory, no weights), which needs timm and torch.
     """
-    model = config["model"]
+    model = model_section(config, name)
     kwargs = model_kwargs(model)
     key = "kwargs" if "kwargs" in model else "vit"
-    return [p.replace("model.vit.", f"model.{key}.").replace("model.vit =", f"model.{key} =")
-            for p in _model_problems(model, kwargs)]
+    problems = [p.replace("model.vit.", f"model.{key}.").replace("model.vit =", f"model.{key} =")
+                for p in _model_problems(model, kwargs)]
+    return [_in_section(p, name) for p in problems]
+
+
+def _model_key(name: str) -> str:
+    """The config key of the model section ``name``: ``model`` or ``models.<name>``."""
+    return "model" if name == DEFAULT_MODEL else f"models.{name}"
+
+
+def _in_section(message: str, name: str) -> str:
+    """A message about the ``model`` section's keys, about those of the section ``name``."""
+    import re
+
+    return message if name == DEFAULT_MODEL else re.sub(r"\bmodel\.(?=\w)", f"{_model_key(name)}.", message)
 
 
 def _model_problems(model: Mapping[str, Any], kwargs: dict[str, Any]) -> list[str]:
@@ -509,7 +585,8 @@ def check_weights_file(config: Mapping[str, Any]) -> None:
 
     from .models import create_model
 
-    spec = model_spec(config, "classification", 2)  # the head is replaced: any class count fits
+    # one architecture loads the file (validation refuses a file for several)
+    spec = model_spec(config, "classification", 2, pretrained_models(config)[0])  # a new head: any class count fits
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # copying into meta tensors is a no-op, and torch says so
@@ -521,7 +598,8 @@ def check_weights_file(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"invalid configuration:\n  pretrain.weights.file: {shown}") from None
 
 
-def _check_convergence(config: Mapping[str, Any], names: list[str], depth: int | None) -> list[str]:
+def _check_convergence(config: Mapping[str, Any], names: list[str], built: bool) -> list[str]:
+    """``built``: every model in use could be described (its layers are known)."""
     conv = config["convergence"]
     if not conv["check"]:
         return []
@@ -530,16 +608,20 @@ def _check_convergence(config: Mapping[str, Any], names: list[str], depth: int |
         unknown = [r for r in conv["runs"] if r not in names]
         if unknown:
             problems.append(f"convergence.runs: no runs named {unknown} (runs: {', '.join(names)})")
+            return problems
     if conv["epochs"] != "last":
         scored = stir_epochs(config)
         bad = [e for e in conv["epochs"] if e not in scored]
         if bad:
             problems.append(f"convergence.epochs: {bad} are not scored with STIR (stir.epochs gives {scored})")
-    if conv["blocks"] != "all" and depth is not None:
-        chosen = stir_blocks(config)
-        bad = [b for b in conv["blocks"] if b not in chosen]
-        if bad:
-            problems.append(f"convergence.blocks: {bad} are not among the STIR blocks {chosen}")
+    if conv["blocks"] != "all" and built:
+        checked = {r for r, _ in convergence_sample(config)}
+        for model in dict.fromkeys(r["model"] for r in expand_runs(config) if r["name"] in checked):
+            chosen = stir_blocks(config, model)
+            bad = [b for b in conv["blocks"] if b not in chosen]
+            if bad:
+                where = "" if model == DEFAULT_MODEL else f" of model {model!r}"
+                problems.append(f"convergence.blocks: {bad} are not among the STIR blocks{where} {chosen}")
     return problems
 
 
@@ -559,12 +641,18 @@ def load_config(path: str | Path) -> dict[str, Any]:
 RUN_IDENTITY = ("name", "target", "init", "task")
 #: Keys of the finetune section that are not training settings.
 FINETUNE_STRUCTURE = ("runs", "seeds", "grid")
+#: Run settings (of the finetune section, a run, the grid) that say what a run is, not how it trains:
+#: the finetune job gets them as parameters of their own, so that adding one reruns nothing.
+NOT_TRAINING = ("model",)
 
 
-def default_run_name(run: Mapping[str, Any]) -> str:
+def default_run_name(run: Mapping[str, Any], model: str = DEFAULT_MODEL) -> str:
+    """``<target>[-recon]-<init>``, then ``-model_<name>`` where the run's own ``model`` is not ``model``
+    (the finetune section's)."""
     task = run.get("task", "classification")
     middle = "" if task == "classification" else "-recon"
-    return f"{run['target']}{middle}-{run.get('init', 'pretrained')}"
+    own = run.get("model", model)
+    return f"{run['target']}{middle}-{run.get('init', 'pretrained')}" + (f"-model_{own}" if own != model else "")
 
 
 def _label(value: Any) -> str:
@@ -590,23 +678,26 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
 def expand_runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every finetuning run: each entry of ``finetune.runs`` × the ``finetune.grid`` × its seeds.
 
-    A run is its identity (``target``, ``init``, ``task``, ``name``) plus the settings it changes
-    (``varied``: its own overrides and its grid values) and its ``seed``. Names are derived and
-    stable: ``<target>[-recon]-<init>`` (or the entry's ``name``), then ``-<key>_<value>`` for each
-    grid key whose value differs from the finetune section's, then ``-s<seed>`` unless the seed is
-    0 — so adding a grid value or a seed never renames an existing run.
+    A run is its identity (``target``, ``init``, ``task``, ``name``), its architecture (``model``:
+    ``default`` or a name of ``models``), the settings it changes (``varied``: its own overrides and
+    its grid values), its ``seed`` and the index of its entry (``entry``). Names are derived and
+    stable: ``<target>[-recon]-<init>`` (then ``-model_<name>`` where the entry picks another model
+    than the finetune section's; or the entry's ``name``), then ``-<key>_<value>`` for each grid
+    key whose value differs from the finetune section's, then ``-s<seed>`` unless the seed is 0 —
+    so adding a grid value, a model or a seed never renames an existing run.
     """
     finetune = config["finetune"]
-    base = training_settings(finetune)
+    section_model = finetune.get("model", DEFAULT_MODEL)
+    base = {**training_settings(finetune), "model": section_model}  # what a run's name is relative to
     grid = finetune.get("grid") or {}
     keys = list(grid)
     runs = []
-    for entry in finetune["runs"]:
-        overrides = {k: v for k, v in entry.items() if k not in RUN_IDENTITY and k != "seed"}
+    for k, entry in enumerate(finetune["runs"]):
+        overrides = {key: v for key, v in entry.items() if key not in RUN_IDENTITY and key != "seed"}
         seeds = [entry["seed"]] if "seed" in entry else list(finetune.get("seeds") or [base.get("seed", 0)])
-        for values in itertools.product(*(grid[k] for k in keys)):
+        for values in itertools.product(*(grid[key] for key in keys)):
             combo = dict(zip(keys, values))
-            name = entry.get("name") or default_run_name(entry)
+            name = entry.get("name") or default_run_name(entry, section_model)
             for key, value in combo.items():
                 if _merge(base, overrides).get(key) != value:
                     name += f"-{key}_{_label(value)}"
@@ -614,7 +705,8 @@ def expand_runs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
                 varied = {**overrides, **combo}
                 runs.append({"name": name + (f"-s{seed}" if seed else ""), "condition": name,
                              "target": entry["target"], "init": entry.get("init", "pretrained"),
-                             "task": entry.get("task", "classification"), "seed": int(seed), "varied": varied})
+                             "task": entry.get("task", "classification"), "seed": int(seed),
+                             "model": varied.get("model", section_model), "varied": varied, "entry": k})
     return runs
 
 
@@ -633,7 +725,8 @@ def run_config(config: Mapping[str, Any], name: str) -> dict[str, Any]:
 def run_training(config: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """The finetuning settings of ``run``: the finetune section's, with the run's own and its seed."""
     base = training_settings(config["finetune"], bf16=config["compute"]["bf16"])
-    return _sorted_keys(_merge(base, {**run["varied"], "seed": run["seed"]}))
+    varied = {k: v for k, v in run["varied"].items() if k not in NOT_TRAINING}
+    return _sorted_keys(_merge(base, {**varied, "seed": run["seed"]}))
 
 
 def model_kwargs(model: Mapping[str, Any]) -> dict[str, Any]:
@@ -641,45 +734,80 @@ def model_kwargs(model: Mapping[str, Any]) -> dict[str, Any]:
     return dict(model.get("kwargs", model.get("vit")) or {})
 
 
-def model_layers(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What the configured model's layers are (see :func:`stirflow.models.describe_timm_model`).
+def model_names(config: Mapping[str, Any]) -> list[str]:
+    """Every configured architecture: ``default`` (the ``model`` section), then the ``models``."""
+    return [DEFAULT_MODEL, *(config.get("models") or {})]
 
-    Without ``model.timm_name`` (timm's VisionTransformer from the keyword arguments) this reads
+
+def model_section(config: Mapping[str, Any], name: str = DEFAULT_MODEL) -> Mapping[str, Any]:
+    """The model section called ``name``: ``model`` for ``default``, else ``models.<name>``."""
+    if name == DEFAULT_MODEL:
+        return config["model"]
+    try:
+        return config["models"][name]
+    except KeyError:
+        raise ConfigError(f"no model {name!r} (models: {', '.join(model_names(config))})") from None
+
+
+def models_in_use(config: Mapping[str, Any]) -> list[str]:
+    """The architectures some run finetunes, in the order of :func:`model_names`."""
+    used = {run["model"] for run in expand_runs(config)}
+    return [m for m in model_names(config) if m in used] + sorted(used - set(model_names(config)))
+
+
+def model_layers(config: Mapping[str, Any], model: str = DEFAULT_MODEL) -> dict[str, Any]:
+    """What the layers of the model section ``model`` are (see :func:`stirflow.models.describe_timm_model`).
+
+    Without a ``timm_name`` (timm's VisionTransformer from the keyword arguments) this reads
     the arguments and imports nothing; a timm name is built on the meta device (no memory, no
     download), which imports torch and timm.
     """
-    model = config["model"]
-    kwargs = model_kwargs(model)
-    if model.get("timm_name"):
-        return _timm_layers(model["timm_name"], kwargs, "kwargs" if "kwargs" in model else "vit")
+    section = model_section(config, model)
+    kwargs = model_kwargs(section)
+    if section.get("timm_name"):
+        return _cached_timm_layers(section["timm_name"], json.dumps(kwargs, sort_keys=True),
+                                   f"{_model_key(model)}.{'kwargs' if 'kwargs' in section else 'vit'}")
     depth = int(kwargs.get("depth", 12))
     return {"model": "VisionTransformer", "family": "VisionTransformer", "layer_kind": "block",
             "layer_modules": [f"blocks.{i}" for i in range(depth)], "depth": depth, "layout": "NLC",
             "sequential": True, "class_token": bool(kwargs.get("class_token", True)), "vision_transformer": True}
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_timm_layers(name: str, kwargs_json: str, key: str) -> dict[str, Any]:
+    """:func:`_timm_layers`, once per model: the DAG asks for every run's layers."""
+    return _timm_layers(name, json.loads(kwargs_json), key)
+
+
 def _timm_layers(name: str, kwargs: dict[str, Any], key: str) -> dict[str, Any]:
     import timm
 
+    section = key.rsplit(".", 1)[0]
     if not timm.is_model(name.split(".")[0]):
-        raise ValueError(f"model.timm_name: {name!r} is not a timm model")
+        raise ValueError(f"{section}.timm_name: {name!r} is not a timm model")
     from .models import describe_timm_model
 
     try:
         return describe_timm_model(name, kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
-        raise ValueError(f"model.timm_name: {name!r} cannot be built with model.{key} = {kwargs} "
+        raise ValueError(f"{section}.timm_name: {name!r} cannot be built with {key} = {kwargs} "
                          f"({type(err).__name__}: {err})") from None
 
 
-def model_depth(config: Mapping[str, Any]) -> int:
-    """Number of layers of the configured model (blocks of a ViT, stages of a hierarchical model)."""
-    return model_layers(config)["depth"]
+def model_depth(config: Mapping[str, Any], model: str = DEFAULT_MODEL) -> int:
+    """Number of layers of a configured model (blocks of a ViT, stages of a hierarchical model)."""
+    return model_layers(config, model)["depth"]
 
 
-def stir_blocks(config: Mapping[str, Any]) -> list[int]:
+def stir_blocks(config: Mapping[str, Any], model: str = DEFAULT_MODEL) -> list[int]:
+    """The layers scored with STIR in runs of ``model``: all of its own (``stir.blocks: all``) or the list."""
     blocks = config["stir"]["blocks"]
-    return list(range(1, model_depth(config) + 1)) if blocks == "all" else sorted(blocks)
+    return list(range(1, model_depth(config, model) + 1)) if blocks == "all" else sorted(blocks)
+
+
+def run_blocks(config: Mapping[str, Any], run: Mapping[str, Any]) -> list[int]:
+    """The layers scored with STIR in ``run`` (an entry of :func:`expand_runs`): those of its model."""
+    return stir_blocks(config, run["model"])
 
 
 def stir_epochs(config: Mapping[str, Any]) -> list[int]:
@@ -700,9 +828,26 @@ def uses_pretrained_init(config: Mapping[str, Any]) -> bool:
     return any(run.get("init", "pretrained") == "pretrained" for run in config["finetune"]["runs"])
 
 
+def pretrained_models(config: Mapping[str, Any]) -> list[str]:
+    """The architectures of the runs that start from pretrained weights."""
+    used = {run["model"] for run in expand_runs(config) if run["init"] == "pretrained"}
+    return [m for m in model_names(config) if m in used] + sorted(used - set(model_names(config)))
+
+
+def pretraining_models(config: Mapping[str, Any]) -> list[str]:
+    """The architectures pretrained by the DAG: those of pretrained runs, unless weights replace pretraining."""
+    return pretrained_models(config) if config["pretrain"]["weights"] is None else []
+
+
 def needs_pretraining(config: Mapping[str, Any]) -> bool:
     """Whether the DAG has a pretraining job: some run starts pretrained and no weights replace pretraining."""
-    return config["pretrain"]["weights"] is None and uses_pretrained_init(config)
+    return bool(pretraining_models(config))
+
+
+def pretrain_dir(model: str = DEFAULT_MODEL) -> str:
+    """Where a model's pretraining goes under the results: ``pretrain`` for the default model (the
+    place it always had, so that its results stay valid), ``pretrain-<name>`` for the others."""
+    return "pretrain" if model == DEFAULT_MODEL else f"pretrain-{model}"
 
 
 def convergence_sample(config: Mapping[str, Any]) -> list[tuple[str, int]]:
@@ -715,18 +860,19 @@ def convergence_sample(config: Mapping[str, Any]) -> list[tuple[str, int]]:
     return [(r, e) for r in runs for e in epochs]
 
 
-def convergence_blocks(config: Mapping[str, Any]) -> list[int]:
+def convergence_blocks(config: Mapping[str, Any], model: str = DEFAULT_MODEL) -> list[int]:
+    """The layers the convergence check scores again in runs of ``model``."""
     blocks = config["convergence"]["blocks"]
-    return stir_blocks(config) if blocks == "all" else sorted(blocks)
+    return stir_blocks(config, model) if blocks == "all" else sorted(blocks)
 
 
 def convergence_steps(config: Mapping[str, Any]) -> int:
     return int(config["stir"]["steps"]) * int(config["convergence"]["factor"])
 
 
-def model_spec(config: Mapping[str, Any], task: str, num_classes: int) -> dict[str, Any]:
-    """The constructor arguments of the configured model (see :func:`stirflow.models.create_model`)."""
-    model = config["model"]
+def model_spec(config: Mapping[str, Any], task: str, num_classes: int, model: str = DEFAULT_MODEL) -> dict[str, Any]:
+    """The constructor arguments of a configured model (see :func:`stirflow.models.create_model`)."""
+    model = model_section(config, model)
     spec = {"timm_name": model["timm_name"], "kwargs": model_kwargs(model), "mean": list(model["mean"]),
             "std": list(model["std"]), "task": task, "num_classes": num_classes}
     if model.get("input_size") is not None:
@@ -737,5 +883,39 @@ def model_spec(config: Mapping[str, Any], task: str, num_classes: int) -> dict[s
 def training_settings(section: Mapping[str, Any], *, bf16: bool = False) -> dict[str, Any]:
     """The training keys of ``pretrain`` or ``finetune`` (runs, replicates, grid and data choice left
     out), and ``bf16``: whether training runs under bf16 autocast (``compute.bf16``)."""
-    return {**{k: v for k, v in section.items() if k not in (*FINETUNE_STRUCTURE, "dataset", "weights")},
+    return {**{k: v for k, v in section.items() if k not in (*FINETUNE_STRUCTURE, *NOT_TRAINING, "dataset", "weights")},
             "bf16": bool(bf16)}
+
+
+# --------------------------------------------------------------------------- the open questions' axes
+
+#: The axes of the open questions a config can vary (README, "The open questions").
+AXES = ("train_fraction", "schedule", "adversarial", "architectures")
+
+
+def varied_axes(config: Mapping[str, Any]) -> list[str]:
+    """The open questions' axes that ``config`` varies: runs that differ in ``train_fraction``, in
+    the lr ``schedule``, in their ``model`` (architectures); and ``adversarial``: PGD attacks with a
+    radius above 0 on some classification run. Imports nothing heavy (it decides the DAG's figures)."""
+    runs = expand_runs(config)
+    settings = [run_training(config, r) for r in runs]
+    varied = []
+    if len({float(s["train_fraction"]) for s in settings}) > 1:
+        varied.append("train_fraction")
+    schedules = [{"name": s["schedule"]} if isinstance(s["schedule"], str) else s["schedule"] for s in settings]
+    if len({json.dumps(s, sort_keys=True) for s in schedules}) > 1:
+        varied.append("schedule")
+    adv = config["adversarial"]
+    if (adv["enabled"] and any(e > 0 for radii in adv["eps"].values() for e in radii)
+            and any(r["task"] == "classification" for r in runs)):
+        varied.append("adversarial")
+    if len({r["model"] for r in runs}) > 1:
+        varied.append("architectures")
+    return varied
+
+
+def figure_names(config: Mapping[str, Any]) -> list[str]:
+    """The figures the DAG draws: every one of :data:`stirflow.catalog.FIGURES`, less those of an
+    open question's axis that ``config`` does not vary (:data:`stirflow.catalog.AXIS_FIGURES`)."""
+    axes = set(varied_axes(config))
+    return [name for name in FIGURES if AXIS_FIGURES.get(name, "") in axes or name not in AXIS_FIGURES]

@@ -54,6 +54,8 @@ COLUMNS = ["finding", "claim", "target", "task", "init", "statistic", "value", "
            "interval", "verdict", "note"]
 #: run coordinates that say what a run is, not which setting it varies
 IDENTITY = ("target", "init", "task", "seed", "condition")
+#: run coordinates that follow from the run's ``model`` (which is a setting that comparable runs share)
+DERIVED = ("architecture", "layer_kind", "depth")
 
 
 def verdict(low: float, high: float) -> str:
@@ -67,9 +69,12 @@ def verdict(low: float, high: float) -> str:
     return "inconclusive"
 
 
-def _settings_key(ds: xr.Dataset, run) -> tuple:
-    """The varied settings of a run (grid values, overrides), which comparable runs share."""
-    extra = [c for c in ds["run"].coords if c not in ("run", *IDENTITY)]
+def _settings_key(ds: xr.Dataset, run, leave_out: Sequence[str] = ()) -> tuple:
+    """The varied settings of a run (grid values, overrides, its model), which comparable runs share;
+    coordinates that are the same for every run, and those named in ``leave_out``, are left out."""
+    extra = [c for c in ds["run"].coords if c not in ("run", *IDENTITY, *DERIVED) and ds[c].dims == ("run",)
+             and not any(c == k or c.startswith(f"{k}_") for k in leave_out)
+             and len(set(map(str, ds[c].values))) > 1]
     return tuple((c, str(ds[c].sel(run=run).values)) for c in sorted(extra))
 
 
@@ -82,13 +87,22 @@ def _groups(ds: xr.Dataset) -> dict[tuple, dict[str, list[str]]]:
     return groups
 
 
+def own_layers(ds: xr.Dataset, run) -> list[int]:
+    """The layers of ``run``'s own model (a summary of several architectures has NaN beyond a shallower one's)."""
+    if "relative_depth" in ds.coords:
+        depth = ds["relative_depth"].sel(run=run).values
+        return [int(b) for b, d in zip(ds.layer.values, depth) if np.isfinite(d)]
+    return [int(b) for b in ds.layer.values]
+
+
 def _scored(ds: xr.Dataset, run: str) -> list[int]:
-    f = ds["forgetting"].sel(run=run)
+    f = ds["forgetting"].sel(run=run, layer=own_layers(ds, run))
     return [int(e) for e in ds.epoch.values if np.isfinite(f.sel(epoch=e).values).all()]
 
 
-def _early_blocks(ds: xr.Dataset) -> list[int]:
-    layers = [int(b) for b in ds.layer.values]
+def _early_blocks(ds: xr.Dataset, run=None) -> list[int]:
+    """The first half of the layers (of ``run``'s model; of the summary when None): blocks 1..⌊L/2⌋."""
+    layers = own_layers(ds, run) if run is not None else [int(b) for b in ds.layer.values]
     return layers[:max(1, len(layers) // 2)]
 
 
@@ -98,7 +112,10 @@ def _per_run(ds: xr.Dataset, runs: Sequence[str], variable: str, when: str, bloc
     (None where the summary has no resamples)."""
     values, boots = [], []
     boot_name = f"{variable}_boot"
+    per_run_blocks = blocks == "early"
     for run in runs:
+        if per_run_blocks:  # the first half of the run's own layers
+            blocks = _early_blocks(ds, run)
         epochs = _scored(ds, run)
         epochs = [epochs[-1]] if when == "last" else [e for e in epochs if e >= 1]
         if not epochs:
@@ -162,17 +179,22 @@ F3_CLAIM = "forgetting spread correlates with robustness"
 F3_EARLY_CLAIM = "the correlation is stronger over the first epochs"
 
 
+def _span(ds: xr.Dataset, run) -> str:
+    blocks = _early_blocks(ds, run)
+    kind = str(ds["layer_kind"].sel(run=run).values) if "layer_kind" in ds.coords else "block"
+    return f"{kind}s {blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else f"{kind} {blocks[0]}"
+
+
 def _f1_f2(ds: xr.Dataset, *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
     rows = []
-    blocks = _early_blocks(ds)
-    span = f"blocks {blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else f"block {blocks[0]}"
     for (target, task, key), inits in _groups(ds).items():
         where = dict(target=target, task=task)
         note = _settings_note(key)
+        span = _span(ds, next(iter(inits.values()))[0])  # the runs of a group share their model
         if {"pretrained", "scratch"} <= set(inits):
             for measure, when in itertools.product(("learning", "forgetting"), ("last", "mean")):
-                s = _per_run(ds, inits["scratch"], measure, when, blocks)
-                p = _per_run(ds, inits["pretrained"], measure, when, blocks)
+                s = _per_run(ds, inits["scratch"], measure, when, "early")
+                p = _per_run(ds, inits["pretrained"], measure, when, "early")
                 stat = (f"mean {measure} over {span}, scratch - pretrained, "
                         + ("last epoch" if when == "last" else "mean over epochs >= 1"))
                 rows.append(_row("F1", F1_CLAIM, stat, *_difference_row(*s, *p),
@@ -203,7 +225,7 @@ def _f3(ds: xr.Dataset, *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
     if "corr_pearson_r" not in ds:
         return [_untestable("F3", F3_CLAIM, "no correlation table in the summary")]
     for task in map(str, ds.task_kind.values):
-        for measure in map(str, ds.measure.values):
+        for measure in [m for m in ("absolute", "relative") if m in ds.measure.values]:  # corruption robustness
             r = _corr(ds, task, "all", measure, "pooled", "pearson_r")
             low = _corr(ds, task, "all", measure, "pooled", "pearson_ci_low")
             high = _corr(ds, task, "all", measure, "pooled", "pearson_ci_high")
@@ -270,6 +292,286 @@ def _early_difference(ds: xr.Dataset, points, limit: int, *, bootstrap: int, see
     return value, float(low), float(high)
 
 
+# --------------------------------------------------------------------------- the open questions
+#
+# Rows that answer the open questions along each axis the summary varies (README, "The open
+# questions"). Each has an effect size, its 95 % interval (over seeds where a condition has two or
+# more, else over the STIR images' bootstrap resamples, else none) and a plain-words answer in the
+# verdict column, decided by :func:`answer` from the interval alone.
+
+NO_EFFECT = "no detectable effect"
+NO_INTERVAL = "undetermined (no interval)"
+
+
+def answer(low: float, high: float, positive: str, negative: str) -> str:
+    """The plain-words answer of an effect size from its 95 % interval: ``positive`` when the whole
+    interval is above 0, ``negative`` when it is below, :data:`NO_EFFECT` when it contains 0 and
+    :data:`NO_INTERVAL` when there is none."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return NO_INTERVAL
+    if low > 0:
+        return positive
+    if high < 0:
+        return negative
+    return NO_EFFECT
+
+
+def _reduce(name: str, values: np.ndarray) -> np.ndarray:
+    """A run's statistic from its layers' values (last axis: the run's own layers in order)."""
+    half = max(1, values.shape[-1] // 2)
+    if name == "early":
+        return values[..., :half].mean(-1)
+    if name == "spread":  # the population std over layers, as forgetting_spread
+        return values.std(-1)
+    if name == "gradient":  # the second half of the layers minus the first
+        return values[..., values.shape[-1] - half:].mean(-1) - values[..., :half].mean(-1)
+    raise ValueError(name)
+
+
+#: The statistics of a run the open questions compare: (variable, reduction, words, what more is).
+RUN_STATISTICS = {
+    "early learning": ("learning", "early", "mean learning over the first half of the layers", "learning"),
+    "early forgetting": ("forgetting", "early", "mean forgetting over the first half of the layers", "forgetting"),
+    "forgetting spread": ("forgetting", "spread", "forgetting spread (std over layers)", "forgetting spread"),
+    "learning depth gradient": ("learning", "gradient", "learning, second half of the layers minus the first",
+                                "learning in the deeper layers"),
+    "forgetting depth gradient": ("forgetting", "gradient", "forgetting, second half of the layers minus the first",
+                                  "forgetting in the deeper layers"),
+}
+
+
+def run_statistic(ds: xr.Dataset, run, statistic: str) -> tuple[float, np.ndarray | None]:
+    """``statistic`` (:data:`RUN_STATISTICS`) of ``run`` at its last scored epoch over its own
+    layers, and the same on every image resample (None where the summary has none)."""
+    variable, how, _, _ = RUN_STATISTICS[statistic]
+    epochs = _scored(ds, run)
+    if not epochs:
+        return np.nan, None
+    sel = {"run": run, "epoch": epochs[-1], "layer": own_layers(ds, run)}
+    value = float(_reduce(how, ds[variable].sel(sel).values))
+    boot = f"{variable}_boot"
+    resampled = _reduce(how, ds[boot].sel(sel).transpose("resample", "layer").values) if boot in ds else None
+    return value, resampled
+
+
+def _question_groups(ds: xr.Dataset, axis: str) -> dict[tuple, list[str]]:
+    """Runs that differ only along ``axis`` (and their seed): {(target, task, init, settings): runs}."""
+    groups: dict[tuple, list[str]] = {}
+    for run in ds.run.values:
+        key = tuple(str(ds[c].sel(run=run).values) for c in ("target", "task", "init"))
+        groups.setdefault(key + (_settings_key(ds, run, leave_out=(axis,)),), []).append(str(run))
+    return groups
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slope of y on x along the last axis (y may have leading axes)."""
+    xc = x - x.mean()
+    return ((y - y.mean(-1, keepdims=True)) * xc).sum(-1) / (xc * xc).sum()
+
+
+def _slope_row(ds: xr.Dataset, runs: Sequence[str], x: np.ndarray, statistic: str) -> tuple:
+    """(value, low, high, n, interval) of the slope of ``statistic`` on ``x`` over ``runs``: the mean
+    of the per-seed slopes with Student's t where 2 or more seeds cover 2 or more values of x each,
+    else the slope with an interval over image resamples, else none."""
+    stats = [run_statistic(ds, r, statistic) for r in runs]
+    values = np.array([v for v, _ in stats])
+    seeds = np.array([int(ds["seed"].sel(run=r)) for r in runs]) if "seed" in ds.coords else np.zeros(len(runs), int)
+    per_seed = []
+    for s in sorted(set(seeds)):
+        k = (seeds == s) & np.isfinite(values)
+        if len(set(x[k])) >= 2:
+            per_seed.append(float(_slope(x[k], values[k])))
+    n = f"{len(runs)} runs, {len(set(x))} values"
+    if len(per_seed) >= 2:
+        value, low, high, _ = mean_interval(per_seed)
+        return value, low, high, f"{n}, {len(per_seed)} seeds", "seeds"
+    ok = np.isfinite(values)
+    value = float(_slope(x[ok], values[ok])) if len(set(x[ok])) >= 2 else np.nan
+    if all(b is not None for _, b in stats) and np.isfinite(value):
+        boots = np.stack([b for _, b in stats], axis=-1)[..., ok]  # (resample, run)
+        low, high = np.nanpercentile(_slope(x[ok], boots), [2.5, 97.5])
+        return value, float(low), float(high), n, f"images ({boots.shape[0]} resamples)"
+    return value, np.nan, np.nan, n, "none"
+
+
+Q_TRAIN_FRACTION = "how does the amount of finetuning data change what is learned and forgotten?"
+Q_SCHEDULE = "does the learning-rate schedule change what is learned and forgotten?"
+Q_ADVERSARIAL = "does forgetting spread go with adversarial robustness as with corruption robustness?"
+Q_ARCHITECTURES = "where in depth do other architectures learn and forget?"
+#: statistic → (answer when the effect size is positive, when negative), per open question
+TRAIN_FRACTION_ANSWERS = {"early learning": ("more data → more learning", "more data → less learning"),
+                          "early forgetting": ("more data → more forgetting", "more data → less forgetting"),
+                          "forgetting spread": ("more data → larger forgetting spread",
+                                                "more data → smaller forgetting spread")}
+
+
+def _where(key: tuple) -> dict[str, str]:
+    return dict(target=key[0], task=key[1], init=key[2])
+
+
+def _q_train_fraction(ds: xr.Dataset) -> list[dict[str, Any]]:
+    """Q1: the slope of early-layer learning, early-layer forgetting and forgetting spread at the last
+    epoch against log10 of the train fraction (per tenfold more data), per target, task, init and
+    other settings."""
+    if "train_fraction" not in ds.coords:
+        return []
+    rows = []
+    for key, runs in _question_groups(ds, "train_fraction").items():
+        x = np.log10([float(ds["train_fraction"].sel(run=r)) for r in runs])
+        if len(set(x)) < 2:
+            continue
+        for statistic, (positive, negative) in TRAIN_FRACTION_ANSWERS.items():
+            value, low, high, n, interval = _slope_row(ds, runs, x, statistic)
+            words = RUN_STATISTICS[statistic][2]
+            rows.append(_row("Q1 train fraction", Q_TRAIN_FRACTION,
+                             f"slope of the {words} at the last epoch against log10(train fraction)",
+                             value, low, high, n, interval, judged=answer(low, high, positive, negative),
+                             note=_settings_note(key[3]), **_where(key)))
+    return rows
+
+
+def _q_schedule(ds: xr.Dataset) -> list[dict[str, Any]]:
+    """Q2: each schedule minus the first one of its group (in run order), for early-layer learning,
+    early-layer forgetting and forgetting spread at the last epoch."""
+    if "schedule" not in ds.coords:
+        return []
+    rows = []
+    for key, runs in _question_groups(ds, "schedule").items():
+        by_schedule: dict[str, list[str]] = {}
+        for r in runs:
+            by_schedule.setdefault(str(ds["schedule"].sel(run=r).values), []).append(r)
+        if len(by_schedule) < 2:
+            continue
+        reference, *others = by_schedule
+        for other in others:
+            for statistic, (_, _, words, what) in RUN_STATISTICS.items():
+                if "gradient" in statistic:
+                    continue
+                a = [run_statistic(ds, r, statistic) for r in by_schedule[other]]
+                b = [run_statistic(ds, r, statistic) for r in by_schedule[reference]]
+                value, low, high, n, interval = _difference_row([v for v, _ in a], [s for _, s in a],
+                                                                [v for v, _ in b], [s for _, s in b])
+                judged = answer(low, high, f"{other}: more {what} than {reference}",
+                                f"{other}: less {what} than {reference}")
+                rows.append(_row("Q2 schedule", Q_SCHEDULE, f"{words} at the last epoch, {other} - {reference}",
+                                 value, low, high, n, interval, judged=judged, note=_settings_note(key[3]),
+                                 **_where(key)))
+    return rows
+
+
+def _q_adversarial(ds: xr.Dataset, *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
+    """Q3: per task kind and adversarial measure of the correlation table, the pooled Pearson r of
+    forgetting spread with it (judged like F3), and its difference from the r with corruption
+    robustness on the same (run, epoch) pairs (a paired bootstrap over the pairs)."""
+    if "corr_pearson_r" not in ds or "measure" not in ds.coords:
+        return []
+    rows = []
+    for task in map(str, ds.task_kind.values):
+        for measure in [str(m) for m in ds.measure.values if str(m).startswith("adversarial_")]:
+            r = _corr(ds, task, "all", measure, "pooled", "pearson_r")
+            if not np.isfinite(r):
+                continue
+            low, high = (_corr(ds, task, "all", measure, "pooled", k) for k in ("pearson_ci_low", "pearson_ci_high"))
+            within, w_low, w_high = (_corr(ds, task, "all", measure, "within_run", k)
+                                     for k in ("pearson_r", "pearson_ci_low", "pearson_ci_high"))
+            partial = _corr(ds, task, "all", measure, "partial", "pearson_r")
+            which = "relative adversarial robustness" if measure.endswith("_relative") else "adversarial robustness"
+            if np.isfinite(low) and low > 0 and within > 0:
+                judged = f"spread goes with {which}"
+            elif (np.isfinite(high) and high < 0) or (np.isfinite(w_high) and w_high < 0):
+                judged = f"spread goes against {which}"
+            elif np.isfinite(low):
+                judged = "no detectable correlation"
+            else:
+                judged = NO_INTERVAL
+            text = str(ds["measure_description"].sel(measure=measure).values)
+            rows.append(_row("Q3 adversarial", Q_ADVERSARIAL,
+                             f"pooled Pearson r, forgetting spread vs {text}, epochs >= 1", r, low, high,
+                             str(int(_corr(ds, task, "all", measure, "pooled", "n"))), "(run, epoch) pairs",
+                             task=task, judged=judged,
+                             note=f"mean within-run r {within:.3f} [{w_low:.3f}, {w_high:.3f}]; partial r "
+                                  f"(given clean score) {partial:.3f}"))
+            base = "relative" if measure.endswith("_relative") else "absolute"
+            value, low, high, n = _correlation_difference(ds, task, measure, base, bootstrap=bootstrap, seed=seed)
+            rows.append(_row("Q3 adversarial", Q_ADVERSARIAL,
+                             f"Pearson r with {text} minus r with {base} corruption robustness, same pairs",
+                             value, low, high, str(n), "(run, epoch) pairs" if np.isfinite(low) else "none",
+                             task=task, judged=answer(low, high, "spread tracks adversarial robustness more closely",
+                                                      "spread tracks corruption robustness more closely")))
+    return rows
+
+
+def _correlation_difference(ds: xr.Dataset, task: str, measure: str, base: str, *, bootstrap: int,
+                            seed: int) -> tuple[float, float, float, int]:
+    """r(spread, ``measure``) − r(spread, ``base``) over the (run, epoch ≥ 1) pairs of ``task`` where
+    both measures exist, with a percentile bootstrap resampling the pairs (the same for both r)."""
+    from .analysis import correlation_measures
+
+    measures = correlation_measures(ds)
+    sel = {"run": ds.run.values[ds["task"].values == task], "epoch": [e for e in ds.epoch.values if e >= 1]}
+    x, u, v = (a.sel(sel).transpose("run", "epoch").values.ravel()
+               for a in (ds["forgetting_spread"], measures[measure][1], measures[base][1]))
+    keep = np.isfinite(x) & np.isfinite(u) & np.isfinite(v)
+    x, u, v = x[keep], u[keep], v[keep]
+    if x.size < 3:
+        return np.nan, np.nan, np.nan, int(x.size)
+    value = float(pearson(x, u) - pearson(x, v))
+    if not bootstrap:
+        return value, np.nan, np.nan, int(x.size)
+    k = np.random.default_rng(seed).integers(0, x.size, (bootstrap, x.size))
+    diffs = pearson(x[k], u[k]) - pearson(x[k], v[k])
+    diffs = diffs[np.isfinite(diffs)]
+    if not diffs.size:
+        return value, np.nan, np.nan, int(x.size)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return value, float(low), float(high), int(x.size)
+
+
+def architecture_groups(ds: xr.Dataset) -> dict[str, dict[tuple, list[str]]]:
+    """{model: {(target, task, init, settings): runs}}: per architecture, its runs that differ in
+    nothing else (seeds aside). Where other settings vary too, only the groups whose other settings
+    every architecture ran, so that the architectures are compared side by side on equal terms
+    (all groups where there are no such settings)."""
+    def others(key):
+        return key[:3] + (tuple((c, v) for c, v in key[3] if c != "model"),)
+
+    by_model: dict[str, dict[tuple, list[str]]] = {}
+    for key, runs in _question_groups(ds, "").items():
+        by_model.setdefault(str(ds["model"].sel(run=runs[0]).values), {})[key] = runs
+    common = set.intersection(*({others(k) for k in groups} for groups in by_model.values()))
+    return {model: {k: runs for k, runs in groups.items() if not common or others(k) in common}
+            for model, groups in by_model.items()}
+
+
+def _q_architectures(ds: xr.Dataset, *, bootstrap: int, seed: int) -> list[dict[str, Any]]:
+    """Q4, where runs of several architectures (``model``) ran: per model, init and target, learning
+    and forgetting in the second half of the model's layers minus the first half, at the last epoch
+    (the paper's ViT forgets more in its later blocks), for the runs of :func:`architecture_groups`.
+    Comparing pretrained with scratch runs per architecture is F1's rows, which are per model too."""
+    if "model" not in ds.coords or len(set(map(str, ds["model"].values))) < 2:
+        return []
+    rows = []
+    for key, runs in [item for groups in architecture_groups(ds).values() for item in groups.items()]:
+        model = str(ds["model"].sel(run=runs[0]).values)
+        architecture = str(ds["architecture"].sel(run=runs[0]).values) if "architecture" in ds.coords else model
+        for statistic in ("learning depth gradient", "forgetting depth gradient"):
+            stats = [run_statistic(ds, r, statistic) for r in runs]
+            value, low, high, n, interval = _mean_row(np.array([v for v, _ in stats]), [b for _, b in stats],
+                                                      bootstrap=bootstrap, seed=seed)
+            measure = statistic.split()[0]
+            judged = answer(low, high, f"{measure} grows with depth", f"{measure} falls with depth")
+            rows.append(_row("Q4 architectures", Q_ARCHITECTURES,
+                             f"{RUN_STATISTICS[statistic][2]}, last epoch ({model}: {architecture})", value, low,
+                             high, n, interval, judged=judged, note=_settings_note(key[3]), **_where(key)))
+    return rows
+
+
+def question_rows(ds: xr.Dataset, *, bootstrap: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """The open questions' rows for every axis the summary varies (none for an axis it does not)."""
+    return (_q_train_fraction(ds) + _q_schedule(ds) + _q_adversarial(ds, bootstrap=bootstrap, seed=seed)
+            + _q_architectures(ds, bootstrap=bootstrap, seed=seed))
+
+
 def findings_table(ds: xr.Dataset, *, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per finding and per target/task where it applies (columns :data:`COLUMNS`)."""
     if ds.sizes.get("run", 0) < 2:
@@ -277,6 +579,7 @@ def findings_table(ds: xr.Dataset, *, bootstrap: int = 1000, seed: int = 0) -> p
                 for f, c in (("F1", F1_CLAIM), ("F2", F2_CLAIM), ("F3", F3_CLAIM))]
     else:
         rows = _f1_f2(ds, bootstrap=bootstrap, seed=seed) + _f3(ds, bootstrap=bootstrap, seed=seed)
+        rows += question_rows(ds, bootstrap=bootstrap, seed=seed)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

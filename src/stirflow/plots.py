@@ -351,6 +351,29 @@ def flow_matrices(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure:
     return fig
 
 
+def _spread_scatter(ax, ds: xr.Dataset, task: str, values: xr.DataArray, epochs: Sequence[int],
+                    styles: Mapping[str, Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Forgetting spread (x) against ``values`` (y, (run, epoch)) of every run of ``task`` at ``epochs``:
+    a point per epoch, a thin line along each run, and the least-squares line through all; returns
+    the points drawn (xs, ys)."""
+    xs, ys = [], []
+    for run in ds.run.values:
+        if _run_attr(ds, run, "task") != task:
+            continue
+        x = ds["forgetting_spread"].sel(run=run, epoch=epochs).values
+        y = values.sel(run=run, epoch=epochs).values
+        ok = np.isfinite(x) & np.isfinite(y)
+        st = styles[str(run)]
+        ax.plot(x[ok], y[ok], ls=st["ls"], lw=0.6, color=st["color"], alpha=0.5, zorder=2)
+        ax.scatter(x[ok], y[ok], s=14, color=st["color"], marker=st["marker"], zorder=3,
+                   edgecolors="white", linewidths=0.3, label=str(run))
+        xs.extend(x[ok])
+        ys.extend(y[ok])
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    _fit_line(ax, xs, ys)
+    return xs, ys
+
+
 def _fit_line(ax, x: np.ndarray, y: np.ndarray) -> None:
     if len(x) >= 2 and np.ptp(x) > 0:
         slope, icpt = np.polyfit(x, y, 1)
@@ -421,21 +444,7 @@ def spread_vs_robustness(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figu
             ax = axes[row, col]
             limit = None if scope == "all" else int(scope.rsplit("_", 1)[1])
             epochs = [int(e) for e in ds.epoch.values if e >= 1 and (limit is None or e <= limit)]
-            xs, ys = [], []
-            for run in ds.run.values:
-                if _run_attr(ds, run, "task") != task:
-                    continue
-                x = ds["forgetting_spread"].sel(run=run, epoch=epochs).values
-                y = values.sel(run=run, epoch=epochs).values
-                ok = np.isfinite(x) & np.isfinite(y)
-                st = styles[str(run)]
-                ax.plot(x[ok], y[ok], ls=st["ls"], lw=0.6, color=st["color"], alpha=0.5, zorder=2)
-                ax.scatter(x[ok], y[ok], s=14, color=st["color"], marker=st["marker"], zorder=3,
-                           edgecolors="white", linewidths=0.3)
-                xs.extend(x[ok])
-                ys.extend(y[ok])
-            xs, ys = np.asarray(xs), np.asarray(ys)
-            _fit_line(ax, xs, ys)
+            xs, ys = _spread_scatter(ax, ds, task, values, epochs, styles)
             span = f"epochs {epochs[0]}–{epochs[-1]}" if epochs else "no epochs"
             head = f"{span} ({'all' if limit is None else f'first {limit}'}), n = {len(xs)}"
             ax.set_title(head + "\n" + _corr_text(ds, task, scope, measure, xs, ys), fontsize=6.5, loc="left")
@@ -607,6 +616,228 @@ def robustness_per_corruption(ds: xr.Dataset, options: Mapping[str, Any]) -> plt
     return fig
 
 
+# --------------------------------------------------------------------------- the open questions' axes
+
+def _not_varied(what: str) -> plt.Figure:
+    """The figure of an axis a summary does not vary: it says so."""
+    fig, ax = plt.subplots(figsize=(3.4, 1.0), layout="constrained")
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, f"{what}: not varied in this summary", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+#: The statistics of a run drawn against an axis: key of stirflow.findings.RUN_STATISTICS, y label
+AXIS_STATISTICS = (("early learning", "Learning, first half\nof the layers"),
+                   ("early forgetting", "Forgetting, first half\nof the layers"),
+                   ("forgetting spread", "Forgetting spread\n(std over layers)"))
+
+
+def _condition_interval(ds: xr.Dataset, runs: Sequence[str], statistic: str) -> tuple[float, float, float]:
+    """(mean, low, high) of a run statistic over ``runs`` (replicates): Student's t over seeds with two
+    or more, else the 95 % range over the image resamples, else no interval (NaN)."""
+    from .findings import run_statistic
+
+    stats = [run_statistic(ds, r, statistic) for r in runs]
+    values = np.array([v for v, _ in stats])
+    if len(runs) >= 2:
+        mean, low, high = (v[0] for v in seed_interval(values[:, None]))
+        return float(mean), float(low), float(high)
+    boot = stats[0][1]
+    if boot is not None and np.isfinite(boot).any():
+        low, high = np.nanpercentile(boot, [2.5, 97.5])
+        return float(values[0]), float(low), float(high)
+    return float(values[0]), np.nan, np.nan
+
+
+def _axis_lines(ds: xr.Dataset, axis: str, positions: Mapping[str, float]):
+    """Per (target, task) panel, the lines of runs that differ only along ``axis`` (two or more
+    positions): (init, label, [(x, [runs]), ...]) with x from ``positions`` (run → position), points
+    sorted by x."""
+    from .findings import _question_groups, _settings_note
+
+    panels: dict[tuple[str, str], list] = {}
+    for (target, task, init, key), runs in _question_groups(ds, axis).items():
+        at: dict[float, list[str]] = {}
+        for r in runs:
+            at.setdefault(positions[r], []).append(r)
+        if len(at) < 2:  # runs with no partner along the axis say nothing about it
+            continue
+        label = "from scratch" if init == "scratch" else init
+        label += f" ({_settings_note(key)})" if key else ""
+        panels.setdefault((target, task), []).append((init, label, sorted(at.items())))
+    return panels
+
+
+def _draw_axis(ds: xr.Dataset, axis: str, positions: Mapping[str, float], xlabel: str,
+               ticks: Sequence[tuple[float, str]] | None = None, log: bool = False) -> plt.Figure:
+    """Early-layer learning, early-layer forgetting and forgetting spread at the last scored epoch
+    against ``axis`` (x of each run: ``positions``), a row per (target, task), a line per init and
+    other settings with its 95 % interval (over seeds, else over the STIR images' resamples)."""
+    panels = _axis_lines(ds, axis, positions)
+    fig, axes = plt.subplots(len(panels), len(AXIS_STATISTICS), squeeze=False, layout="constrained",
+                             figsize=(TEXT_WIDTH * 0.9, 1.9 * len(panels) + 0.7))
+    handles = {}
+    for row, ((target, task), lines) in enumerate(panels.items()):
+        for col, (statistic, ylabel) in enumerate(AXIS_STATISTICS):
+            ax = axes[row, col]
+            count: dict[str, int] = {}
+            for init, label, points in lines:
+                k = count[init] = count.get(init, -1) + 1
+                color, ls = INIT_COLOR.get(init, OTHER_COLOR), LINESTYLES[k % len(LINESTYLES)]
+                xs = np.array([x for x, _ in points])
+                ys = np.array([_condition_interval(ds, runs, statistic) for _, runs in points])
+                ax.plot(xs, ys[:, 0], ls=ls, marker="o", color=color, label=label)
+                if np.isfinite(ys[:, 1]).any():
+                    ax.errorbar(xs, ys[:, 0], yerr=[ys[:, 0] - ys[:, 1], ys[:, 2] - ys[:, 0]], fmt="none",
+                                ecolor=color, elinewidth=0.8, capsize=2)
+                handles.setdefault(label, Line2D([], [], color=color, ls=ls, marker="o", label=label))
+            if log:
+                ax.set_xscale("log")
+            if ticks is not None:
+                ax.set_xticks([t for t, _ in ticks], [name for _, name in ticks])
+                ax.set_xlim(min(t for t, _ in ticks) - 0.5, max(t for t, _ in ticks) + 0.5)
+            ax.grid(alpha=0.25, lw=0.5)
+            if row == 0:
+                ax.set_title(ylabel.replace("\n", " "), fontsize=7)
+            if row == len(panels) - 1:
+                ax.set_xlabel(xlabel)
+        axes[row, 0].set_ylabel(_group_title(target, task))
+    _legend(fig, list(handles.values()) + [Line2D([], [], color="0.3", marker="|", ls="",
+                                                  label="95% interval (seeds, else images)")])
+    return fig
+
+
+@_styled
+def axis_train_fraction(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure:
+    """Open question 1: early-layer learning, early-layer forgetting and forgetting spread at the
+    last scored epoch against the fraction of the target's training split finetuned on (log scale),
+    a line per init (and other settings), the mean over seeds with its 95 % interval."""
+    if "train_fraction" not in ds.coords or len(set(ds["train_fraction"].values)) < 2:
+        return _not_varied("finetune.train_fraction")
+    positions = {str(r): float(ds["train_fraction"].sel(run=r)) for r in ds.run.values}
+    return _draw_axis(ds, "train_fraction", positions, "train fraction (log scale)", log=True)
+
+
+@_styled
+def axis_schedule(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure:
+    """Open question 2: the same statistics per learning-rate schedule (in the order the runs have them)."""
+    if "schedule" not in ds.coords or len(set(map(str, ds["schedule"].values))) < 2:
+        return _not_varied("finetune.schedule")
+    names = list(dict.fromkeys(map(str, ds["schedule"].values)))
+    positions = {str(r): float(names.index(str(ds["schedule"].sel(run=r).values))) for r in ds.run.values}
+    return _draw_axis(ds, "schedule", positions, "learning-rate schedule",
+                      ticks=[(float(k), name.replace("(", "\n(")) for k, name in enumerate(names)])
+
+
+def _corr_compact(ds: xr.Dataset, task: str, measure: str) -> str:
+    """The correlation table's pooled r and ρ with their intervals, the mean within-run r and the
+    partial r, in three short lines (panels of the adversarial figure are narrow)."""
+    def get(key, estimate="pooled"):
+        if f"corr_{key}" not in ds or measure not in ds.measure.values:
+            return np.nan
+        return float(ds[f"corr_{key}"].sel(task_kind=task, scope="all", measure=measure, estimate=estimate))
+
+    lines = []
+    for name, symbol in (("pearson", "r"), ("spearman", "ρ")):
+        r, lo, hi = (get(f"{name}_{k}") for k in ("r", "ci_low", "ci_high"))
+        lines.append(f"{symbol} = {r:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else "")
+                     if np.isfinite(r) else f"{symbol}: undefined")
+    lines.append(f"within run r̄ = {get('pearson_r', 'within_run'):.2f}, partial {get('pearson_r', 'partial'):.2f}")
+    return "\n".join(lines)
+
+
+@_styled
+def axis_adversarial(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure:
+    """Open question 3: forgetting spread against adversarial accuracy beside corruption robustness,
+    every classification run × epoch ≥ 1: a column per measure (corrupted accuracy, then accuracy
+    under PGD per norm and radius), absolute (top) and relative to the clean accuracy (bottom), with
+    the pooled r, its interval, the mean within-run r and the partial r of the correlation table."""
+    from .analysis import adversarial_measure, correlation_measures
+
+    measures = correlation_measures(ds)
+    attacks = [m for m in measures if m.startswith("adversarial_") and not m.endswith("_relative")]
+    tasks = [t for t in dict.fromkeys(map(str, ds["task"].values)) if _is_cls(t)]
+    if not attacks or not tasks:
+        return _not_varied("adversarial (PGD radii above 0)")
+    columns = ["absolute"] + attacks
+    styles = _run_styles(ds)
+    epochs = [int(e) for e in ds.epoch.values if e >= 1]
+    fig, axes = plt.subplots(2, len(columns), squeeze=False, layout="constrained", sharex=True,
+                             figsize=(min(TEXT_WIDTH, 1.45 * len(columns) + 0.5), 4.9))
+    for col, measure in enumerate(columns):
+        for row, relative in enumerate((False, True)):
+            name = ("relative" if relative else "absolute") if measure == "absolute" else \
+                (measure + "_relative" if relative else measure)
+            ax = axes[row, col]
+            xs, ys = _spread_scatter(ax, ds, tasks[0], measures[name][1], epochs, styles)
+            ax.set_title(_corr_compact(ds, tasks[0], name), fontsize=5.5, loc="left")
+            ax.grid(alpha=0.25, lw=0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
+            if row == 1:
+                ax.set_xlabel("forgetting spread")
+        norm_eps = "corrupted" if measure == "absolute" else \
+            next(f"PGD {n} ε={float(e):g}" for n in ds["adversarial_accuracy"].norm.values
+                 for e in ds["adversarial_accuracy"].eps.values if adversarial_measure(str(n), float(e)) == measure)
+        axes[0, col].set_ylabel(f"{norm_eps}\naccuracy" if col == 0 else norm_eps, fontsize=6.5)
+        axes[1, col].set_ylabel("/ clean accuracy", fontsize=6.5)
+    _legend(fig, _init_handles(ds) + [Line2D([], [], color="black", lw=1, label="least-squares fit")])
+    return fig
+
+
+@_styled
+def axis_architectures(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure:
+    """Open question 4: learning (top) and forgetting (bottom) at the last scored epoch against
+    relative depth (layer / the model's depth), a column per architecture side by side, a line per
+    init (and other settings), the mean over seeds with its 95 % interval over seeds. Where other
+    settings vary too, the runs with the settings every architecture ran are drawn."""
+    if "model" not in ds.coords or len(set(map(str, ds["model"].values))) < 2:
+        return _not_varied("the architecture (model)")
+    from .findings import _settings_note, architecture_groups, own_layers
+
+    models = list(dict.fromkeys(map(str, ds["model"].values)))
+    fig, axes = plt.subplots(2, len(models), squeeze=False, sharex=True, sharey="row", layout="constrained",
+                             figsize=(min(TEXT_WIDTH, 2.0 * len(models) + 0.7), 3.9))
+
+    by_model = architecture_groups(ds)
+    handles = {}
+    for col, model in enumerate(models):
+        groups = by_model[model]
+        for row, measure in enumerate(("learning", "forgetting")):
+            ax = axes[row, col]
+            count: dict[str, int] = {}
+            for (target, task, init, key), runs in groups.items():
+                k = count[init] = count.get(init, -1) + 1
+                color, ls = INIT_COLOR.get(init, OTHER_COLOR), LINESTYLES[k % len(LINESTYLES)]
+                layers = own_layers(ds, runs[0])
+                depth = ds["relative_depth"].sel(run=runs[0], layer=layers).values
+                last = [ds[measure].sel(run=r, epoch=_last_scored(ds, r), layer=layers).values for r in runs
+                        if _last_scored(ds, r) is not None]
+                if not last:
+                    continue
+                line, low, high = seed_interval(np.stack(last)) if len(last) > 1 else (last[0], None, None)
+                other = {c: v for c, v in key if c != "model"}
+                label = ("from scratch" if init == "scratch" else init) + (
+                    f", {target}" if len(_groups(ds)) > 1 else "") + (f" ({_settings_note(tuple(other.items()))})"
+                                                                       if other else "")
+                ax.plot(depth, line, ls=ls, marker="o", color=color, label=label)
+                if low is not None and np.isfinite(low).any():
+                    ax.fill_between(depth, low, high, color=color, alpha=0.2, lw=0)
+                handles.setdefault(label, Line2D([], [], color=color, ls=ls, marker="o", label=label))
+            ax.grid(alpha=0.25, lw=0.5)
+            ax.set_xlim(0, 1.05)
+            if row == 0:
+                runs = [r for rs in groups.values() for r in rs]
+                ax.set_title(f"{model}\n{_run_attr(ds, runs[0], 'architecture')} "
+                             f"({int(ds['depth'].sel(run=runs[0]))} {_run_attr(ds, runs[0], 'layer_kind')}s)",
+                             fontsize=7)
+            else:
+                ax.set_xlabel("relative depth (layer / depth)")
+    axes[0, 0].set_ylabel(f"Learning\n{FORMULA['learning']}")
+    axes[1, 0].set_ylabel(f"Forgetting\n{FORMULA['forgetting']}")
+    _legend(fig, list(handles.values()))
+    return fig
+
+
 FIGURES: dict[str, Callable[[xr.Dataset, Mapping[str, Any]], plt.Figure]] = {
     name: globals()[name] for name in FIGURE_NAMES}
 
@@ -615,13 +846,16 @@ FIGURES: dict[str, Callable[[xr.Dataset, Mapping[str, Any]], plt.Figure]] = {
 _METADATA = {"pdf": {"Creator": "stirflow", "CreationDate": None}, "svg": {"Date": None}}
 
 
-def draw_all(ds: xr.Dataset, directory: str | Path, options: Mapping[str, Any]) -> list[Path]:
-    """Draw every figure of :data:`FIGURES` into ``directory`` in each of ``options["formats"]``
-    (PNG at ``options["dpi"]``; PDF and SVG as vector graphics)."""
+def draw_all(ds: xr.Dataset, directory: str | Path, options: Mapping[str, Any],
+             names: Sequence[str] | None = None) -> list[Path]:
+    """Draw every figure of :data:`FIGURES` (or those in ``names``) into ``directory`` in each of
+    ``options["formats"]`` (PNG at ``options["dpi"]``; PDF and SVG as vector graphics)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, draw in FIGURES.items():
+        if names is not None and name not in names:
+            continue
         fig = draw(ds, options)
         try:
             for ext in options.get("formats", ["png", "pdf"]):
