@@ -56,17 +56,22 @@ def truth(runs, *, data_effect: float = 0.05, schedule_effect: float = 0.04, adv
     """Per run: forgetting and learning (epoch, own layer) and their image resamples, robustness and
     PGD accuracies. Early forgetting grows by ``data_effect`` per tenfold more data, the constant
     schedule forgets ``schedule_effect`` more than cosine, forgetting grows with relative depth by
-    ``depth_effect``, and adversarial accuracy follows the forgetting spread with ``adversarial_slope``."""
+    ``depth_effect``, and adversarial accuracy follows the forgetting spread with ``adversarial_slope``.
+    The first three may be given per init ({init: effect}), so that one summary holds both signs."""
     rng = np.random.default_rng(seed)
+
+    def of(effect, run):
+        return effect[run["init"]] if isinstance(effect, dict) else effect
+
     t = np.array(EPOCHS, float) / EPOCHS[-1]
     out = {}
     for r in runs:
         depth = r["layers"]["depth"]
         rel = np.arange(1, depth + 1) / depth
         s = r["settings"]
-        level = (0.1 + (0.05 if r["init"] == "scratch" else 0.0) + data_effect * np.log10(s["train_fraction"])
-                 + (schedule_effect if s["schedule"] == "constant" else 0.0))
-        forgetting = t[:, None] * (level + depth_effect * rel[None]) + 0.003 * rng.random((len(EPOCHS), depth))
+        level = (0.1 + (0.05 if r["init"] == "scratch" else 0.0) + of(data_effect, r) * np.log10(s["train_fraction"])
+                 + (of(schedule_effect, r) if s["schedule"] == "constant" else 0.0))
+        forgetting = t[:, None] * (level + of(depth_effect, r) * rel[None]) + 0.003 * rng.random((len(EPOCHS), depth))
         forgetting[0] = 0.002 * rng.random(depth)
         learning = 0.8 * forgetting + 0.02
         boot_f = forgetting[:, None] + 0.002 * rng.normal(size=(len(EPOCHS), RESAMPLES, depth))
@@ -117,8 +122,10 @@ def write_files(directory: Path, runs, values) -> dict[str, list[str]]:
             save_robustness(folder / f"rob_{e}.h5", {"clean_accuracy": v["clean"][e], "accuracy": v["accuracy"][e]},
                             cs, task="classification", run=name, epoch=e)
             files["robustness"].append(str(folder / f"rob_{e}.h5"))
+        fraction = r["settings"]["train_fraction"]  # finetune.py records the data a run trained on
         history = [{"epoch": e, "train_loss": 1.0, "test_loss": 1.0, "test_accuracy": float(v["clean"][e]),
-                    "train_accuracy": float(v["clean"][e])} for e in EPOCHS]
+                    "train_accuracy": float(v["clean"][e]), "train_fraction": fraction,
+                    "n_train": int(round(1000 * fraction))} for e in EPOCHS]
         (folder / "history.json").write_text(json.dumps(history))
         files["history"].append(str(folder / "history.json"))
         epochs_acc = [{norm: v["adversarial"][norm][e] for norm in EPS} for e in EPOCHS]
@@ -152,6 +159,10 @@ def summary(built):
 def test_runs_of_two_depths_share_one_summary(built):
     ds, runs, values = built
     assert list(ds.layer.values) == [1, 2, 3, 4]  # 1..the largest depth
+    # the data each run finetuned on, from its history: one value per run
+    assert ds["train_fraction"].dims == ("run",) and ds["n_train"].dims == ("run",)
+    assert ds["train_fraction"].sel(run="digits-scratch-train_fraction_0.1").item() == 0.1
+    assert ds["n_train"].sel(run="digits-scratch-train_fraction_0.1").item() == 100
     for r in runs:
         name, depth = r["name"], r["layers"]["depth"]
         f = ds["forgetting"].sel(run=name).values
@@ -230,42 +241,65 @@ def test_answer_rule():
     assert answer(np.nan, np.nan, "up", "down") == "undetermined (no interval)"
 
 
-@pytest.mark.parametrize("effect, forgetting_answer", [(0.05, "more data → more forgetting"),
-                                                       (-0.05, "more data → less forgetting"),
-                                                       (0.0, "no detectable effect")])
-def test_train_fraction_rows_follow_the_built_in_effect(effect, forgetting_answer, tmp_path):
-    ds, runs, values = summary_of(tmp_path, summarised=False, data_effect=effect)
-    table = findings_table(ds, bootstrap=200)
+#: opposite effects for the two inits, so that one summary shows both signs of each answer
+DATA_EFFECT = {"pretrained": 0.05, "scratch": -0.05}
+SCHEDULE_EFFECT = {"pretrained": 0.04, "scratch": -0.04}
+DEPTH_EFFECT = {"pretrained": 0.2, "scratch": -0.05}
+
+
+@pytest.fixture(scope="module")
+def opposite(tmp_path_factory):
+    """A summary (without the correlation table) whose data, schedule and depth effects have
+    opposite signs for the two inits."""
+    ds, runs, values = summary_of(tmp_path_factory.mktemp("opposite"), summarised=False, data_effect=DATA_EFFECT,
+                                  schedule_effect=SCHEDULE_EFFECT, depth_effect=DEPTH_EFFECT)
+    return ds, runs, values, findings_table(ds, bootstrap=200)
+
+
+@pytest.fixture(scope="module")
+def no_data_effect(tmp_path_factory):
+    ds, _, _ = summary_of(tmp_path_factory.mktemp("flat"), summarised=False, data_effect=0.0)
+    return findings_table(ds, bootstrap=200)
+
+
+def test_train_fraction_rows_follow_the_built_in_effect(opposite, no_data_effect):
+    ds, runs, values, table = opposite
     q1 = rows(table, "Q1 train fraction")
     assert set(q1["init"]) == {"pretrained", "scratch"} and len(q1) == 6  # 3 statistics per init
     early = q1[q1["statistic"].str.contains("mean forgetting over the first half")]
-    assert set(early["verdict"]) == {forgetting_answer}, early[["value", "ci_low", "ci_high", "verdict"]]
+    verdicts = dict(zip(early["init"], early["verdict"]))
+    assert verdicts == {"pretrained": "more data → more forgetting", "scratch": "more data → less forgetting"}, \
+        early[["init", "value", "ci_low", "ci_high", "verdict"]]
     assert set(early["interval"]) == {f"images ({RESAMPLES} resamples)"}
-    # the slope by hand: early forgetting (the first 2 of 4 blocks) at the last epoch on log10(fraction)
-    names = [f"digits-pretrained-train_fraction_{f:g}" for f in (0.1, 0.3)] + ["digits-pretrained"]
-    y = [values[n]["forgetting"][-1, :2].mean() for n in names]
-    slope = np.polyfit(np.log10([0.1, 0.3, 1.0]), y, 1)[0]
-    assert early[early["init"] == "pretrained"]["value"].item() == pytest.approx(slope)
-    assert early[early["init"] == "pretrained"]["value"].item() == pytest.approx(effect, abs=0.005)
+    for init in ("pretrained", "scratch"):
+        # the slope by hand: early forgetting (the first 2 of 4 blocks) at the last epoch on log10(fraction)
+        names = [f"digits-{init}-train_fraction_{f:g}" for f in (0.1, 0.3)] + [f"digits-{init}"]
+        y = [values[n]["forgetting"][-1, :2].mean() for n in names]
+        slope = np.polyfit(np.log10([0.1, 0.3, 1.0]), y, 1)[0]
+        assert early[early["init"] == init]["value"].item() == pytest.approx(slope)
+        assert early[early["init"] == init]["value"].item() == pytest.approx(DATA_EFFECT[init], abs=0.005)
+    flat = rows(no_data_effect, "Q1 train fraction")
+    flat = flat[flat["statistic"].str.contains("mean forgetting over the first half")]
+    assert set(flat["verdict"]) == {"no detectable effect"}, flat[["init", "value", "ci_low", "ci_high"]]
 
 
-@pytest.mark.parametrize("effect, expected", [(0.04, "constant: more forgetting than cosine"),
-                                              (-0.04, "constant: less forgetting than cosine")])
-def test_schedule_rows_follow_the_built_in_effect(effect, expected, tmp_path):
-    ds, runs, values = summary_of(tmp_path, summarised=False, schedule_effect=effect)
-    q2 = rows(findings_table(ds, bootstrap=200), "Q2 schedule")
+def test_schedule_rows_follow_the_built_in_effect(opposite):
+    _, _, values, table = opposite
+    q2 = rows(table, "Q2 schedule")
     early = q2[q2["statistic"].str.contains("mean forgetting over the first half")]
-    assert len(early) == 2 and set(early["verdict"]) == {expected}
-    by_hand = (values["digits-scratch-schedule_constant"]["forgetting"][-1, :2].mean()
-               - values["digits-scratch"]["forgetting"][-1, :2].mean())
-    assert early[early["init"] == "scratch"]["value"].item() == pytest.approx(by_hand)
+    assert dict(zip(early["init"], early["verdict"])) == {"pretrained": "constant: more forgetting than cosine",
+                                                          "scratch": "constant: less forgetting than cosine"}
+    for init in ("pretrained", "scratch"):
+        by_hand = (values[f"digits-{init}-schedule_constant"]["forgetting"][-1, :2].mean()
+                   - values[f"digits-{init}"]["forgetting"][-1, :2].mean())
+        assert early[early["init"] == init]["value"].item() == pytest.approx(by_hand)
     assert "constant - cosine" in early["statistic"].iloc[0]
 
 
 @pytest.mark.parametrize("slope, expected", [(2.0, "spread goes with adversarial robustness"),
                                              (-2.0, "spread goes against adversarial robustness")])
-def test_adversarial_rows_follow_the_built_in_correlation(slope, expected, tmp_path):
-    ds, _, _ = summary_of(tmp_path, adversarial_slope=slope)
+def test_adversarial_rows_follow_the_built_in_correlation(slope, expected, summary, tmp_path):
+    ds = summary if slope == 2.0 else summary_of(tmp_path, adversarial_slope=slope)[0]  # 2.0: truth's default
     q3 = rows(findings_table(ds, bootstrap=100), "Q3 adversarial")
     pooled = q3[q3["statistic"].str.startswith("pooled") & ~q3["statistic"].str.contains("/")]
     assert len(pooled) == 2 and set(pooled["verdict"]) == {expected}
@@ -279,18 +313,18 @@ def test_adversarial_rows_follow_the_built_in_correlation(slope, expected, tmp_p
     assert row["value"].item() == pytest.approx(r_adv - r_cor)
 
 
-@pytest.mark.parametrize("effect, expected", [(0.2, "forgetting grows with depth"),
-                                              (-0.05, "forgetting falls with depth")])
-def test_architecture_rows_per_model(effect, expected, tmp_path):
-    ds, runs, values = summary_of(tmp_path, summarised=False, depth_effect=effect)
-    table = findings_table(ds, bootstrap=200)
+def test_architecture_rows_per_model(opposite):
+    _, _, values, table = opposite
     q4 = rows(table, "Q4 architectures")
     forgetting = q4[q4["statistic"].str.startswith("forgetting")]
     # one row per architecture and init among the runs that differ in nothing else
     assert len(forgetting[forgetting["statistic"].str.contains("resnet: resnet18")]) == 2
     # the ViT's runs with the settings the ResNet ran too (train fraction 1, cosine), not every ViT run
     assert len(forgetting) == 4 and forgetting["note"].str.contains("train_fraction = 1.0").all()
-    assert set(forgetting["verdict"]) == {expected}, forgetting[["statistic", "value", "verdict"]]
+    expected = {"pretrained": "forgetting grows with depth", "scratch": "forgetting falls with depth"}
+    for init, verdict in expected.items():
+        assert set(forgetting[forgetting["init"] == init]["verdict"]) == {verdict}, \
+            forgetting[["statistic", "init", "value", "verdict"]]
     f = values["digits-pretrained-model_resnet"]["forgetting"][-1]  # 3 stages: the last one minus the first
     resnet = forgetting[forgetting["statistic"].str.contains("resnet") & (forgetting["init"] == "pretrained")]
     assert resnet["value"].item() == pytest.approx(f[2] - f[0])

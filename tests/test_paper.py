@@ -120,3 +120,31 @@ def test_reproducing_docs_list_the_paper_dag(config):
     for rule, n in rows:  # the DAG table and the cost table
         assert n == expected[rule], (rule, n)
     assert f"lists {sum(expected.values())} jobs" in text
+
+
+def test_paper_open_questions_dag_within_30_seconds(tmp_path):
+    """configs/paper_open_questions.yaml: the CIFAR-10 runs of the paper config, each open question's
+    axis varied on its own (12 runs, three timm families), built offline within 30 s."""
+    from stirflow.config import expand_runs, run_blocks, varied_axes
+
+    path = REPO / "configs" / "paper_open_questions.yaml"
+    config = load_config(path)
+    assert varied_axes(config) == ["train_fraction", "schedule", "adversarial", "architectures"]
+    runs = expand_runs(config)
+    assert len(runs) == 12 and {r["target"] for r in runs} == {"cifar10"}
+    assert {r["model"]: len(run_blocks(config, r)) for r in runs} == {"default": 12, "resnet": 4, "convnext": 4}
+    # the paper config's settings, but for the runs
+    paper = load_config(PAPER)
+    for key in ("stir", "robustness", "convergence", "model", "pretrain"):
+        assert config[key] == paper[key], key
+    assert {k: v for k, v in config["finetune"].items() if k != "runs"} == \
+        {k: v for k, v in paper["finetune"].items() if k != "runs"}
+
+    proc, wall, cpu = _dry_run(tmp_path, "--workflow-profile", str(REPO / "profiles" / "default"), configfile=path)
+    jobs = jobs_by_rule(proc.stdout)
+    checkpoints = len(stir_epochs(config))
+    assert jobs["finetune"] == 12 and "pretrain" not in jobs and not any(r.startswith("pretrain_") for r in jobs)
+    assert jobs["invert"] == jobs["stir_scores"] == 12 * checkpoints  # all layers of a checkpoint in one job
+    assert jobs["robustness"] == jobs["adversarial"] == 12
+    assert jobs["invert_check"] == 4 and jobs["stir_scores_check"] == 2
+    _check_time(wall, cpu)

@@ -53,6 +53,8 @@ INVERSION_LOSSES = {"inversion_loss": "inversion_loss_b", "inversion_worst_loss"
                     "inversion_start_loss": "inversion_start_loss_b"}
 HISTORY_KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "train_l1_error", "test_l1_error", "lr",
                 "train_fraction", "n_train")
+#: history keys that hold one value per run (the data it finetuned on): coordinates of ``run``
+PER_RUN_HISTORY = ("train_fraction", "n_train")
 #: +1 where the robustness score is an accuracy (higher is better), −1 where it is an error.
 ROBUSTNESS_DIRECTION = {"classification": 1.0, "reconstruction": -1.0}
 #: What ``robustness`` measures, and what ``robustness_oriented`` is, per task (for tables and labels).
@@ -247,7 +249,12 @@ def aggregate(runs: Sequence[Mapping[str, Any]], stir_files: Sequence[str], robu
         "robustness relative to the clean score, higher = more robust: corrupted / clean accuracy, or "
         "clean / corrupted L1 error (separates robustness from how well the model does at all)")
     for k, v in history.items():
-        if not np.isnan(v).all():
+        if np.isnan(v).all():
+            continue
+        if k in PER_RUN_HISTORY:  # the same at every epoch of a run: a coordinate of `run`, beside the settings
+            ds = ds.assign_coords({k: ("run", [row[np.isfinite(row)][0] if np.isfinite(row).any() else np.nan
+                                               for row in v])})
+        else:
             ds[k] = (("run", "epoch"), v)
     ds["inversion_loss"] = (dims_l, data["inversion_loss"],
                             {"description": "mean over the images of the inversions' final (best) relative loss "

@@ -54,8 +54,9 @@ COLUMNS = ["finding", "claim", "target", "task", "init", "statistic", "value", "
            "interval", "verdict", "note"]
 #: run coordinates that say what a run is, not which setting it varies
 IDENTITY = ("target", "init", "task", "seed", "condition")
-#: run coordinates that follow from the run's ``model`` (which is a setting that comparable runs share)
-DERIVED = ("architecture", "layer_kind", "depth")
+#: run coordinates that follow from a setting: from the run's ``model`` (a setting comparable runs
+#: share), and the number of training images, from its ``train_fraction``
+DERIVED = ("architecture", "layer_kind", "depth", "n_train")
 
 
 def verdict(low: float, high: float) -> str:
