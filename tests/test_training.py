@@ -404,7 +404,7 @@ def test_scratch_only_config_runs_end_to_end_without_pretraining(tmp_path):
         ds = ds.load()
     run = "digits-scratch"
     assert list(ds.run.values) == [run] and np.isfinite(ds["forgetting"].sel(run=run, epoch=[0, 3]).values).all()
-    n_train = int(ds["n_train"].sel(run=run, epoch=1))
+    n_train = int(ds["n_train"].sel(run=run))  # one value per run, from its history
     steps = n_train // 64
     ft = SCRATCH_ONLY["finetune"]
     expected = torch_reference_lrs(ft["schedule"], base=0.05, epochs=3, steps=steps, warmup=4)
