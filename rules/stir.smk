@@ -7,6 +7,8 @@
 INVERSION_KEYS = ("n_images", "image_selection", "image_seed", "steps", "step_size", "step_schedule",
                   "final_step_size", "start", "representation", "norm_p", "seed", "chunk_size", "log_every")
 INVERSION_PARAMS = {k: config["stir"][k] for k in INVERSION_KEYS}
+INVERSION_COMPUTE = {k: config["compute"][k] for k in ("device", "bf16", "compile", "cuda_graphs", "fused_attention",
+                                                       "chunk_memory_fraction")}
 
 
 rule invert:
@@ -17,7 +19,7 @@ rule invert:
         f"{RES}/runs/{{run}}/inversions/epoch_{{epoch}}/{{layer_files}}_{{blocks}}.h5",
     params:
         stir=INVERSION_PARAMS,
-        compute={k: config["compute"][k] for k in ("device", "bf16", "compile")},
+        compute=INVERSION_COMPUTE,
         code=code("invert"),
     log:
         f"{RES}/logs/invert/{{run}}/epoch_{{epoch}}_{{layer_files}}_{{blocks}}.log",
@@ -79,7 +81,7 @@ rule invert_check:
         f"{RES}/runs/{{run}}/convergence/inversions/epoch_{{epoch}}/{{layer_files}}_{{blocks}}.h5",
     params:
         stir={**INVERSION_PARAMS, "steps": CHECK_STEPS},
-        compute={k: config["compute"][k] for k in ("device", "bf16", "compile")},
+        compute=INVERSION_COMPUTE,
         code=code("invert"),
     log:
         f"{RES}/logs/invert_check/{{run}}/epoch_{{epoch}}_{{layer_files}}_{{blocks}}.log",

@@ -12,7 +12,8 @@ def main(sm):
     s, compute = sm.params.stir, sm.params.compute
     device = pick_device(compute["device"])
     blocks = [int(b) for b in sm.wildcards.blocks.split("-")]
-    model = prepare_for_inversion(load_checkpoint(sm.input.checkpoint, device), compile=compute["compile"])
+    model = prepare_for_inversion(load_checkpoint(sm.input.checkpoint, device), compile=compute["compile"],
+                                  fused_attention=compute["fused_attention"])
     test = read_image_h5(sm.input.images)
     indices = select_indices(len(test), s["n_images"], s["image_seed"], s["image_selection"])
     x = to_tensor(test.images[indices]).to(device)
@@ -22,11 +23,12 @@ def main(sm):
                                 step_schedule=s["step_schedule"], final_step_size=s["final_step_size"],
                                 seed=s["seed"], start=s["start"], representation=s["representation"],
                                 norm_p=s["norm_p"], chunk_size=s["chunk_size"] or None, log_every=s["log_every"],
-                                label=label)
+                                label=label, cuda_graphs=compute["cuda_graphs"],
+                                memory_fraction=compute["chunk_memory_fraction"] or None)
     save_inversion(sm.output[0], results, indices, run=sm.wildcards.run, epoch=int(sm.wildcards.epoch),
                    checkpoint=str(sm.input.checkpoint), images=str(sm.input.images),
                    **{k: v for k, v in s.items() if k not in ("log_every", "chunk_size")},
-                   bf16=compute["bf16"])
+                   **{k: compute[k] for k in ("bf16", "compile", "cuda_graphs", "fused_attention")})
 
 
 run_script(snakemake, main)  # noqa: F821

@@ -184,6 +184,8 @@ def compare(args: argparse.Namespace) -> Path:
         raise CompareError(f"--out: {out} should end in .nc")
     if args.check_steps and args.check_steps <= args.steps:
         raise CompareError(f"--check-steps: {args.check_steps} must exceed --steps ({args.steps})")
+    if not 0 <= args.memory_fraction <= 1:
+        raise CompareError(f"--memory-fraction: {args.memory_fraction} must lie in (0, 1] (0: --chunk-size)")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -202,7 +204,7 @@ def compare(args: argparse.Namespace) -> Path:
     if args.similarity == "minibatch" and not args.cka_batch_size:
         raise CompareError("--similarity minibatch needs --cka-batch-size")
     for model in (model_a, model_b):
-        prepare_for_inversion(model, compile=args.compile)
+        prepare_for_inversion(model, compile=args.compile, fused_attention=False if args.eager_attention else None)
 
     chunk = args.chunk_size or len(x) * len(blocks)
     passes = math.ceil(len(x) * len(blocks) / chunk)
@@ -215,6 +217,7 @@ def compare(args: argparse.Namespace) -> Path:
                             step_schedule=args.step_schedule, final_step_size=args.final_step_size, seed=args.seed,
                             start=args.start, representation=args.representation, norm_p=args.norm_p,
                             similarity=similarity_options, chunk_size=args.chunk_size or None,
+                            cuda_graphs=args.cuda_graphs, memory_fraction=args.memory_fraction or None,
                             check_steps=args.check_steps or None, progress=bar.update)
     ds["image_index"].values[:] = index
     ds.attrs.update(_settings(args, info_a, info_b, image_info, device, time.perf_counter() - start))
@@ -242,7 +245,8 @@ def _settings(args: argparse.Namespace, info_a: dict, info_b: dict, image_info: 
         "model_a_info": json.dumps(info_a), "model_b_info": json.dumps(info_b),
         "images": args.images, "images_info": json.dumps(image_info),
         "image_seed": args.image_seed, "device": str(device), "chunk_size": args.chunk_size,
-        "bf16": int(args.bf16), "compile": int(args.compile), "seconds": round(seconds, 3),
+        "bf16": int(args.bf16), "compile": int(args.compile), "cuda_graphs": int(args.cuda_graphs),
+        "eager_attention": int(args.eager_attention), "seconds": round(seconds, 3),
         "stirflow_version": str(__version__), "torch_version": str(torch.__version__),
         "timm_version": str(timm.__version__),
     }
@@ -348,7 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--chunk-size", type=_positive_or_zero, default=0,
                          help="images × blocks per inversion pass, 0 = all in one (default 0)")
     compute.add_argument("--bf16", action="store_true", help="bf16 autocast for the inversions")
-    compute.add_argument("--compile", action="store_true", help="torch.compile the blocks for the inversions")
+    compute.add_argument("--compile", action="store_true",
+                         help="torch.compile the truncated layer stack for the inversions (static shapes)")
+    compute.add_argument("--cuda-graphs", action="store_true",
+                         help="replay each inversion chunk's steps as one CUDA graph (CUDA devices)")
+    compute.add_argument("--eager-attention", action="store_true",
+                         help="timm's eager softmax attention instead of its fused kernel")
+    compute.add_argument("--memory-fraction", type=float, default=0.0, metavar="F",
+                         help="CUDA: chunks sized to fill this fraction of the free GPU memory (instead of --chunk-size)")
     compute.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--out", required=True, help="NetCDF output path (.nc); the PNG is written next to it")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")

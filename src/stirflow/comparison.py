@@ -79,7 +79,7 @@ def compare(model_a, model_b, images, *, blocks: str | Sequence[int] = "all", st
             step_size: float = 0.5, step_schedule: str = "constant", final_step_size: float | None = None,
             seed: int = 0, start: str = "noise", representation: str = "tokens", norm_p: float = 2.0,
             similarity: Mapping[str, Any] | None = None, chunk_size: int | None = None, log_every: int = 0,
-            check_steps: int | None = None, bootstrap: int = 0, bootstrap_seed: int = 0,
+            cuda_graphs: bool = False, memory_fraction: float | None = None, check_steps: int | None = None, bootstrap: int = 0, bootstrap_seed: int = 0,
             n_images: int | None = None, image_seed: int = 0,
             inverted_a: Mapping[int, InversionResult] | None = None,
             inverted_b: Mapping[int, InversionResult] | None = None,
@@ -94,6 +94,8 @@ def compare(model_a, model_b, images, *, blocks: str | Sequence[int] = "all", st
         blocks: ``"all"`` or 1-based layer indices present in both models.
         steps, step_size, step_schedule, final_step_size, seed, start, norm_p: the inversion
             (:func:`~stirflow.inversion.invert_blocks`); ``representation``: ``tokens``, ``cls`` or ``mean``.
+        chunk_size, memory_fraction, cuda_graphs: how the inversions run (chunks of the stacked
+            rows, or chunks filling a fraction of the free GPU memory; CUDA graphs), not what they give.
         similarity: options of :func:`~stirflow.cka.similarity` (default linear CKA).
         check_steps: also invert with this many steps and report how far learning and forgetting move.
         bootstrap: resamples of the images (with ``bootstrap_seed``) for ``learning_boot``,
@@ -118,7 +120,7 @@ def compare(model_a, model_b, images, *, blocks: str | Sequence[int] = "all", st
         raise ValueError(f"blocks {blocks} out of range: both models have layers 1..{depth}")
     options = dict(steps=steps, step_size=step_size, step_schedule=step_schedule, final_step_size=final_step_size,
                    seed=seed, start=start, representation=representation, norm_p=norm_p, chunk_size=chunk_size,
-                   log_every=log_every, progress=progress)
+                   log_every=log_every, progress=progress, cuda_graphs=cuda_graphs, memory_fraction=memory_fraction)
 
     def inverted(model, given, label, **changes):
         if given is not None and not changes:

@@ -39,6 +39,8 @@ __all__ = [
     "inversion_start",
     "relative_loss",
     "descend",
+    "descend_graphed",
+    "chunk_size_for_memory",
     "invert",
     "invert_fn",
     "invert_blocks",
@@ -163,6 +165,28 @@ def descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *
         return _descend(loss_fn, x0, etas=etas, log_every=log_every, label=label, progress=progress)
 
 
+def _improve(loss: torch.Tensor, best_loss: torch.Tensor, best: torch.Tensor, x: torch.Tensor):
+    """Each sample's lowest loss and its iterate after step loss = L(x): (best_loss, best)."""
+    improved = loss < best_loss
+    view = (-1,) + (1,) * (x.dim() - 1)
+    return torch.where(improved, loss, best_loss), torch.where(improved.view(view), x, best)  # no masked copy: no host sync
+
+
+def _step(x: torch.Tensor, grad: torch.Tensor, eta) -> torch.Tensor:
+    """One normalised gradient step of every sample by η, clamped to [0, 1]."""
+    norm = grad.flatten(1).norm(dim=1).view((-1,) + (1,) * (x.dim() - 1))
+    return (x - eta * grad / (norm + 1e-10)).clamp_(0, 1)
+
+
+def _non_finite(label: str, step: int, bad: int, n: int) -> NonFiniteLossError:
+    return NonFiniteLossError(f"{label}inversion loss is not finite at step {step} ({bad} of {n} samples)")
+
+
+def _log_step(label: str, step: int, steps: int, loss: torch.Tensor, best_loss: torch.Tensor) -> None:
+    log.info("%sstep %d/%d  mean loss %.4f  mean best %.4f", label, step, steps,
+             float(loss.detach().mean()), float(best_loss.mean()))
+
+
 def _descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, etas: Sequence[float],
              log_every: int, label: str, progress: Callable[[int], None] | None) -> InversionResult:
     steps = len(etas)
@@ -172,37 +196,158 @@ def _descend(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, 
     start_loss = None
     curve: list[torch.Tensor] = []
     curve_steps: list[int] = []
-    view = (-1,) + (1,) * (x.dim() - 1)
     for step in range(steps + 1):
         x.requires_grad_(True)
         loss = loss_fn(x)
         if not torch.isfinite(loss).all():
-            raise NonFiniteLossError(f"{label}inversion loss is not finite at step {step} "
-                                     f"({int((~torch.isfinite(loss)).sum())} of {len(loss)} samples)")
+            raise _non_finite(label, step, int((~torch.isfinite(loss)).sum()), len(loss))
         with torch.no_grad():
             if step > 0:  # the raw start may lie outside [0, 1]; only clamped iterates are candidates
-                improved = loss < best_loss
-                best_loss = torch.where(improved, loss, best_loss)
-                best = torch.where(improved.view(view), x, best)  # no masked copy: no host sync
+                best_loss, best = _improve(loss, best_loss, best, x)
             else:
                 start_loss = loss.detach().clone()
         if log_every and (step % log_every == 0 or step == steps) and step > 0:
             curve.append(best_loss.detach().clone())  # kept on the device: no host sync per log
             curve_steps.append(step)
-            log.info("%sstep %d/%d  mean loss %.4f  mean best %.4f", label, step, steps,
-                     float(loss.detach().mean()), float(best_loss.mean()))
+            _log_step(label, step, steps, loss, best_loss)
         if step == steps:
             break
         (grad,) = torch.autograd.grad(loss.sum(), x)
         with torch.no_grad():
-            norm = grad.flatten(1).norm(dim=1).view(view)
-            x = (x - etas[step] * grad / (norm + 1e-10)).clamp_(0, 1)
+            x = _step(x, grad, etas[step])
         if progress is not None:
             progress(1)
     if steps == 0:
         best_loss = start_loss
     stacked = torch.stack(curve) if curve else torch.empty(0, x.shape[0], device=x.device)
     return InversionResult(best.detach(), best_loss.detach(), start_loss, stacked, curve_steps)
+
+
+def descend_graphed(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, steps: int,
+                    step_size: float = 0.5, step_schedule: str = "constant", final_step_size: float | None = None,
+                    log_every: int = 0, label: str = "", progress: Callable[[int], None] | None = None,
+                    warmup: int = 3) -> InversionResult:
+    """:func:`descend` on fixed buffers, its inner steps replayed as one CUDA graph on a GPU.
+
+    The iterate, the best iterate and loss, η and the non-finite record live in tensors updated in
+    place, so one step (forward, backward, update) is the same kernels on the same memory every
+    time: on a CUDA device it is captured once (after ``warmup`` eager steps on a side stream, which
+    capture needs) and replayed, with no Python or kernel-launch cost per step and no host sync
+    (a non-finite loss is recorded on the device and raised after the loop, naming its first step).
+    On other devices the same step runs uncaptured: the arithmetic of :func:`descend`, in its order,
+    so results equal it bit for bit. ``loss_fn`` must keep its shapes and run no host syncs.
+    """
+    etas = step_sizes(steps, step_size, step_schedule, final_step_size)
+    with torch.enable_grad():
+        return _descend_graphed(loss_fn, x0, etas=etas, log_every=log_every, label=label, progress=progress,
+                                warmup=warmup)
+
+
+def _descend_graphed(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, *, etas: Sequence[float],
+                     log_every: int, label: str, progress: Callable[[int], None] | None,
+                     warmup: int) -> InversionResult:
+    steps, device, n = len(etas), x0.device, x0.shape[0]
+    x = x0.detach().clone().requires_grad_(True)
+    best = x.detach().clamp(0, 1)
+    best_loss = torch.full((n,), math.inf, device=device)
+    eta = torch.zeros((), device=device)
+    step_now = torch.zeros((), dtype=torch.long, device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+    bad_count = torch.zeros((), dtype=torch.long, device=device)
+    eta_all = torch.tensor(list(etas) + [0.0], device=device)  # η per step, copied into ``eta`` on the device
+    curve: list[torch.Tensor] = []
+    curve_steps: list[int] = []
+
+    def record_finite(loss: torch.Tensor) -> None:
+        bad = (~torch.isfinite(loss)).sum()
+        new = (first_bad < 0) & (bad > 0)
+        first_bad.copy_(torch.where(new, step_now, first_bad))
+        bad_count.copy_(torch.where(new, bad, bad_count))
+
+    def evaluate(improve: bool) -> torch.Tensor:
+        loss = loss_fn(x)
+        with torch.no_grad():
+            record_finite(loss)
+            if improve:
+                new_loss, new_best = _improve(loss, best_loss, best, x)
+                best_loss.copy_(new_loss)
+                best.copy_(new_best)
+        return loss
+
+    def update(loss: torch.Tensor) -> None:
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        with torch.no_grad():
+            x.copy_(_step(x, grad, eta))
+
+    def inner_step() -> torch.Tensor:  # steps 1..steps-1: evaluate, keep the best, move
+        loss = evaluate(improve=True)
+        update(loss)
+        return loss
+
+    def set_step(t: int) -> None:
+        step_now.fill_(t)
+        eta.copy_(eta_all[t])
+
+    def after(t: int, loss: torch.Tensor) -> None:
+        if log_every and t > 0 and (t % log_every == 0 or t == steps):
+            curve.append(best_loss.detach().clone())
+            curve_steps.append(t)
+            _log_step(label, t, steps, loss, best_loss)
+
+    set_step(0)
+    loss = evaluate(improve=False)
+    start_loss = loss.detach().clone()
+    if steps:
+        update(loss)
+        if progress is not None:
+            progress(1)
+    capture = device.type == "cuda" and steps - 1 > warmup
+    with _graph_safe_autocast(device) if capture else contextlib.nullcontext():
+        t = 1
+        if capture:  # capture needs a few eager steps on a side stream first (cuBLAS, autograd set-up)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for t in range(1, 1 + warmup):
+                    set_step(t)
+                    after(t, inner_step())
+                    if progress is not None:
+                        progress(1)
+            torch.cuda.current_stream(device).wait_stream(side)
+            t = 1 + warmup
+            graph = torch.cuda.CUDAGraph()
+            set_step(t)
+            with torch.cuda.graph(graph):
+                static_loss = inner_step()  # recorded, not run
+        for t in range(t, steps):
+            set_step(t)
+            if capture:
+                graph.replay()
+                loss = static_loss
+            else:
+                loss = inner_step()
+            after(t, loss)
+            if progress is not None:
+                progress(1)
+    if steps:
+        set_step(steps)
+        after(steps, evaluate(improve=True))
+    if int(first_bad) >= 0:  # the one host sync for the finiteness of every step
+        raise _non_finite(label, int(first_bad), int(bad_count), n)
+    if steps == 0:
+        best_loss = start_loss
+    stacked = torch.stack(curve) if curve else torch.empty(0, n, device=device)
+    return InversionResult(best.detach(), best_loss.detach(), start_loss, stacked, curve_steps)
+
+
+@contextlib.contextmanager
+def _graph_safe_autocast(device: torch.device) -> Iterator[None]:
+    """The caller's autocast, without its cast cache (which CUDA graph capture cannot use)."""
+    if not torch.is_autocast_enabled(device.type):
+        yield
+        return
+    with torch.autocast(device.type, dtype=torch.get_autocast_dtype(device.type), cache_enabled=False):
+        yield
 
 
 def _concat(parts: Sequence[InversionResult]) -> InversionResult:
@@ -257,26 +402,35 @@ def invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, 
                   step_schedule: str = "constant", final_step_size: float | None = None, seed: int = 0,
                   start: str = "noise", representation: str = "tokens", norm_p: float = 2.0,
                   chunk_size: int | None = None, log_every: int = 0, label: str = "",
-                  progress: Callable[[int], None] | None = None) -> dict[int, InversionResult]:
+                  progress: Callable[[int], None] | None = None, cuda_graphs: bool = False,
+                  memory_fraction: float | None = None) -> dict[int, InversionResult]:
     """Invert several layers (blocks) of one :class:`~stirflow.models.StirModel` in shared passes.
 
     The images for all blocks are stacked (block-major) and descended together; each sample's loss is
     taken at its own block, and a sample leaves the forward pass after its block, so no block is
-    run further than needed. ``chunk_size`` bounds the images × blocks in one pass (GPU memory).
-    Every block starts from the same seeded noise as a one-block inversion with ``seed`` would.
+    run further than needed. ``chunk_size`` bounds the images × blocks in one pass (GPU memory);
+    on a CUDA device ``memory_fraction`` instead sizes the chunks to fill that fraction of the free
+    GPU memory, from one measured step per block (:func:`chunk_size_for_memory`). ``cuda_graphs``
+    runs each chunk's steps as one replayed CUDA graph (:func:`descend_graphed`; uncaptured, and
+    equal to :func:`descend`, elsewhere). Every block starts from the same seeded noise as a
+    one-block inversion with ``seed`` would, so results do not depend on the chunks.
     The model runs in eval mode; ``progress(1)`` is called after every step of every chunk.
     """
+    if memory_fraction is not None and not 0 < memory_fraction <= 1:
+        raise ValueError(f"memory_fraction {memory_fraction} must lie in (0, 1]")
     with _eval_mode(model):
         return _invert_blocks(model, x, blocks, steps=steps, step_size=step_size, step_schedule=step_schedule,
                               final_step_size=final_step_size, seed=seed, start=start,
                               representation=representation, norm_p=norm_p, chunk_size=chunk_size,
-                              log_every=log_every, label=label, progress=progress)
+                              log_every=log_every, label=label, progress=progress, cuda_graphs=cuda_graphs,
+                              memory_fraction=memory_fraction)
 
 
 def _invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int, step_size: float,
                    step_schedule: str, final_step_size: float | None, seed: int, start: str, representation: str,
                    norm_p: float, chunk_size: int | None, log_every: int, label: str,
-                   progress: Callable[[int], None] | None) -> dict[int, InversionResult]:
+                   progress: Callable[[int], None] | None, cuda_graphs: bool,
+                   memory_fraction: float | None) -> dict[int, InversionResult]:
     blocks = sorted(set(int(b) for b in blocks))
     if not blocks or blocks[0] < 1 or blocks[-1] > model.depth:  # block 0 would index outs[-1] silently
         kind = model.layer_kind
@@ -308,14 +462,70 @@ def _invert_blocks(model, x: torch.Tensor, blocks: Sequence[int], *, steps: int,
 
     total = len(stacked_x0)
     chunk_size = chunk_size or total
+    if memory_fraction is not None:
+        if x.device.type == "cuda":
+            chunk_size = _chunk_size_on_gpu(loss_on, stacked_x0, len(blocks), n, memory_fraction, x.device)
+            log.info("%schunks of %d rows fill %.2f of the free GPU memory", label, chunk_size, memory_fraction)
+        else:
+            log.info("%smemory_fraction is for CUDA devices: chunks of %d", label, chunk_size)
+    run = descend_graphed if cuda_graphs else descend
     parts = []
     for lo in range(0, total, chunk_size):
         sl = slice(lo, min(lo + chunk_size, total))
-        parts.append(descend(loss_on(sl), stacked_x0[sl], steps=steps, step_size=step_size,
-                             step_schedule=step_schedule, final_step_size=final_step_size,
-                             log_every=log_every, label=label, progress=progress))
+        parts.append(run(loss_on(sl), stacked_x0[sl], steps=steps, step_size=step_size,
+                         step_schedule=step_schedule, final_step_size=final_step_size,
+                         log_every=log_every, label=label, progress=progress))
     result = _concat(parts)
     return {b: _samples(result, slice(k * n, (k + 1) * n)) for k, b in enumerate(blocks)}
+
+
+def chunk_size_for_memory(row_bytes: Sequence[float], budget: float, fixed: float = 0.0) -> int:
+    """The chunk size for rows costing ``row_bytes`` (in stacking order) such that every chunk of
+    consecutive rows, plus ``fixed``, fits in ``budget``: the fewest chunks, then the smallest size
+    that keeps that number (chunks as even as they can be). Raises :class:`MemoryError` when one
+    row alone does not fit."""
+    rows = [float(b) for b in row_bytes]
+    room = budget - fixed
+    if not rows:
+        return 1
+    if max(rows) > room:
+        raise MemoryError(f"one row of an inversion pass needs {max(rows) / 2**20:.1f} MiB; "
+                          f"{max(room, 0) / 2**20:.1f} MiB are left of the budget")
+    prefix = [0.0]
+    for b in rows:
+        prefix.append(prefix[-1] + b)
+    total = len(rows)
+
+    def fits(size: int) -> bool:
+        return all(prefix[min(lo + size, total)] - prefix[lo] <= room for lo in range(0, total, size))
+
+    size = next(s for s in range(total, 0, -1) if fits(s))  # size 1 fits: checked above
+    even = -(-total // -(-total // size))  # the same number of chunks, evened out
+    return even if fits(even) else size
+
+
+def _chunk_size_on_gpu(loss_on: Callable[[slice], Callable], stacked_x0: torch.Tensor, n_blocks: int, n: int,
+                       fraction: float, device: torch.device) -> int:
+    """Rows per chunk from one measured step (forward and backward) of a few rows of each block,
+    against ``fraction`` of the GPU memory free after emptying the cache."""
+    probe = min(n, 4)
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    budget = fraction * torch.cuda.mem_get_info(device)[0]
+    row_bytes = []
+    for k in range(n_blocks):
+        sl = slice(k * n, k * n + probe)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with torch.enable_grad():
+            z = stacked_x0[sl].clone().requires_grad_(True)
+            torch.autograd.grad(loss_on(sl)(z).sum(), z)
+        del z
+        # the step's peak per row, and the descent's own buffers (iterate, best, gradient, start)
+        per_row = (torch.cuda.max_memory_allocated(device) - base) / probe
+        row_bytes += [per_row + 4 * stacked_x0[0].nbytes] * n
+    torch.cuda.empty_cache()
+    return chunk_size_for_memory(row_bytes, budget)
 
 
 # --------------------------------------------------------------------------- storage

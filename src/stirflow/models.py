@@ -60,6 +60,7 @@ __all__ = [
     "CheckpointError",
     "initial_model",
     "prepare_for_inversion",
+    "set_fused_attention",
     "read_checkpoint",
 ]
 
@@ -580,13 +581,40 @@ def initial_model(spec: Mapping[str, Any], init: str, *, seed: int = 0,
     return model
 
 
-def prepare_for_inversion(model: StirModel, compile: bool = False) -> StirModel:
-    """Eval mode, no parameter gradients (only the input is optimised), optionally compiled layers
-    (a model run through ``forward_intermediates`` is not compiled)."""
+def set_fused_attention(model: nn.Module, enabled: bool) -> int:
+    """Switch timm's attention modules between the fused kernel (``F.scaled_dot_product_attention``:
+    flash or memory-efficient attention on a GPU) and the eager softmax(QKᵀ)V; the number of modules
+    switched. Both compute the same function up to rounding."""
+    count = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "fused_attn", None), bool):
+            module.fused_attn = bool(enabled)
+            count += 1
+    return count
+
+
+def prepare_for_inversion(model: StirModel, compile: bool | str | Callable = False,
+                          fused_attention: bool | None = None) -> StirModel:
+    """Eval mode, no parameter gradients (only the input is optimised), and the inversion kernels.
+
+    ``fused_attention``: True / False switches timm's attention to the fused kernel or the eager
+    one (:func:`set_fused_attention`); None leaves what timm chose. ``compile``: True (inductor), a
+    ``torch.compile`` backend (name or callable), or False. A sequential model's whole truncated
+    stack (:meth:`StirModel.exit_outputs`) is compiled with static shapes: one graph per pattern of
+    exits, which a job's chunks repeat at every step, so each is traced once. A model run through
+    ``forward_intermediates`` is not compiled.
+    """
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if fused_attention is not None:
+        set_fused_attention(model, fused_attention)
     if compile and model.plan.sequential:
-        for layer in model.layers:
-            layer.compile(dynamic=True)
+        import torch._dynamo
+
+        # A job's chunks have up to one exit pattern each (a chunk of a block-major stack): allow as
+        # many graphs as a large job has chunks instead of falling back to eager after eight.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        backend = "inductor" if compile is True else compile
+        model.exit_outputs = torch.compile(model.exit_outputs, backend=backend, dynamic=False)
     return model
