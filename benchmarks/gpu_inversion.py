@@ -12,10 +12,12 @@ A prepared device check (a few minutes on one H100). It measures, with warm-up a
    to the *input* only (parameters are frozen), so it costs about 2× the forward FLOPs, not the
    3× of a training step;
 4. STIR agreement: the flow matrices STIR(B_j | A_i) and STIR(A_j | B_i) of two ViT-B/32s on 64
-   images computed in fp32, TF32, bf16 autocast and with compiled blocks; the largest absolute
-   differences from fp32 (the switches stay off by default until these are ≤ 0.01).
+   images computed in fp32, TF32, bf16 autocast, with CUDA graphs and with the compiled stack; the
+   largest absolute differences from fp32 (the switches stay off by default until these are ≤ 0.01).
 
-The models are timm ``vit_base_patch32_224`` with random weights (nothing is downloaded).
+The models are timm ``vit_base_patch32_224`` with random weights (nothing is downloaded), or
+trained briefly on procedural shapes with ``--train-steps`` (a few hundred steps leave the
+initialisation, whose near-identity blocks would flatter the agreement).
 ``--small`` runs the same code on a tiny ViT, on any device, as a smoke test of this script.
 
     python benchmarks/gpu_inversion.py --out results/gpu      # on the GPU machine
@@ -66,14 +68,30 @@ def precision(mode: str, device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def make_vit(seed: int, small: bool, device: torch.device) -> torch.nn.Module:
-    """ViT-B/32 at 224 px (random weights), or a tiny ViT with ``small``; eval mode, frozen."""
+def make_vit(seed: int, small: bool, device: torch.device, train_steps: int = 0) -> torch.nn.Module:
+    """ViT-B/32 at 224 px, or a tiny ViT with ``small``: random weights, or trained ``train_steps``
+    AdamW steps (batch 32, lr 1e-4) on procedural shape images, enough to leave the initialisation;
+    then eval mode, frozen."""
     torch.manual_seed(seed)
     if small:
-        spec = {"num_classes": 0, "vit": dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4)}
+        spec = {"num_classes": 10, "vit": dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4)}
     else:
-        spec = {"timm_name": "vit_base_patch32_224", "num_classes": 0}
-    return prepare_for_inversion(create_model(spec)).to(device)
+        spec = {"timm_name": "vit_base_patch32_224", "num_classes": 10}
+    model = create_model(spec).to(device)
+    if train_steps:
+        size = model.img_size[0]
+        images, labels = make_shapes(32 * min(train_steps, 20), size, seed=seed)
+        x, y = to_tensor(images).to(device), torch.as_tensor(labels, device=device).long()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model.train()
+        for step in range(train_steps):
+            batch = torch.randint(len(x), (32,), generator=torch.Generator().manual_seed(seed * 100_003 + step))
+            loss = torch.nn.functional.cross_entropy(model(x[batch.to(device)]), y[batch.to(device)])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        print(f"# model {seed}: {train_steps} training steps, last loss {float(loss):.3f}", flush=True)
+    return prepare_for_inversion(model)
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
@@ -127,13 +145,32 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 8192, reps: i
 
 
 def stir_values(a, b, x: torch.Tensor, blocks: list[int], steps: int, mode: str,
-                device: torch.device) -> dict[str, np.ndarray]:
-    """Flow matrices of A and B under one precision mode (inversions only; CKA is float64 always)."""
+                device: torch.device, **options) -> dict[str, np.ndarray]:
+    """Flow matrices of A and B under one precision mode (inversions only; CKA is float64 always);
+    ``options``: invert_blocks' kernel switches (``cuda_graphs``)."""
     with precision(mode, device):
-        inv_a = {k: r.images for k, r in invert_blocks(a, x, blocks, steps=steps).items()}
-        inv_b = {k: r.images for k, r in invert_blocks(b, x, blocks, steps=steps).items()}
+        inv_a = {k: r.images for k, r in invert_blocks(a, x, blocks, steps=steps, **options).items()}
+        inv_b = {k: r.images for k, r in invert_blocks(b, x, blocks, steps=steps, **options).items()}
     with precision("fp32", device):
         return pair_scores(a, b, x, inv_a, inv_b)
+
+
+def throughputs(a, x: torch.Tensor, batch: int, blocks_batch: int, steps: int, device: torch.device,
+                on_h100: bool) -> list[dict[str, Any]]:
+    """Inversion throughput of model ``a`` in every precision: one block alone, and all blocks batched."""
+    depth = a.depth
+    fn_last = block_representation(a, depth)
+    print(f"{'what':<34} {'mode':<5} {'img·steps/s':>12} {'TFLOP/s':>9} {'of peak':>8}   peak compared against")
+    xs = x[:batch]
+    run_fn = lambda s: invert_fn(fn_last, xs, steps=s)  # noqa: E731
+    rows = throughput(f"invert_fn, block {depth}, {batch} images", run_fn, batch, steps, device,
+                      step_flops(run_fn), on_h100)
+    xb = x[:blocks_batch]
+    all_blocks = list(range(1, depth + 1))
+    run_blocks = lambda s: invert_blocks(a, xb, all_blocks, steps=s)  # noqa: E731
+    rows += throughput(f"invert_blocks, {depth} blocks × {blocks_batch}", run_blocks, blocks_batch * depth, steps,
+                       device, step_flops(run_blocks), on_h100)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,8 +183,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stir-images", type=int, help="images for the STIR agreement check (default 64; 8 with --small)")
     parser.add_argument("--stir-steps", type=int, help="steps for the STIR agreement check (default 50; 5 with --small)")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile check")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the STIR agreement check")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="train both models this many steps first (default 0: random weights)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--out", help="folder for gpu_inversion.json")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     small = args.small
     batch = args.batch or (8 if small else 256)
     blocks_batch = args.blocks_batch or (4 if small else 64)
@@ -162,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {where}, torch {torch.__version__}; {'tiny ViT (--small)' if small else 'ViT-B/32 at 224 px'}", flush=True)
     results: dict[str, Any] = {"device": where, "torch": torch.__version__, "small": small}
 
-    a = make_vit(0, small, device)
+    a = make_vit(0, small, device, args.train_steps)
     depth, size = a.depth, a.img_size[0]
     x = to_tensor(make_shapes(max(batch, stir_images, blocks_batch), size, seed=0)[0]).to(device)
     fn_last = block_representation(a, depth)
@@ -182,21 +225,12 @@ def main(argv: list[str] | None = None) -> None:
         print("# measured matmul peaks (TFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["matmul_tflops"].items()),
               flush=True)
 
-    print(f"{'what':<34} {'mode':<5} {'img·steps/s':>12} {'TFLOP/s':>9} {'of peak':>8}   peak compared against")
-    xs = x[:batch]
-    run_fn = lambda s: invert_fn(fn_last, xs, steps=s)  # noqa: E731
-    rows = throughput(f"invert_fn, block {depth}, {batch} images", run_fn, batch, steps, device,
-                      step_flops(run_fn), on_h100)
-    xb = x[:blocks_batch]
-    all_blocks = list(range(1, depth + 1))
-    run_blocks = lambda s: invert_blocks(a, xb, all_blocks, steps=s)  # noqa: E731
-    rows += throughput(f"invert_blocks, {depth} blocks × {blocks_batch}", run_blocks, blocks_batch * depth, steps,
-                       device, step_flops(run_blocks), on_h100)
+    rows = [] if args.skip_throughput else throughputs(a, x, batch, blocks_batch, steps, device, on_h100)
     results["throughput"] = rows
     print(f"# ({time.perf_counter() - t0:.0f} s so far)", flush=True)
 
-    # STIR agreement between precisions and with compiled blocks
-    b = make_vit(1, small, device)
+    # STIR agreement between precisions and with the kernel switches
+    b = make_vit(1, small, device, args.train_steps)
     stir_blocks = sorted({1, depth // 4, depth // 2, 3 * depth // 4, depth} - {0})
     xs = x[:stir_images]
     reference = stir_values(a, b, xs, stir_blocks, stir_steps, "fp32", device)
@@ -204,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     variants: list[tuple[str, Callable[[], dict[str, np.ndarray]]]] = [
         ("tf32", lambda: stir_values(a, b, xs, stir_blocks, stir_steps, "tf32", device)),
         ("bf16", lambda: stir_values(a, b, xs, stir_blocks, stir_steps, "bf16", device)),
+        ("cuda_graphs", lambda: stir_values(a, b, xs, stir_blocks, stir_steps, "fp32", device, cuda_graphs=True)),
+        ("bf16+cuda_graphs", lambda: stir_values(a, b, xs, stir_blocks, stir_steps, "bf16", device, cuda_graphs=True)),
     ]
     if not args.skip_compile:
         def compiled() -> dict[str, np.ndarray]:

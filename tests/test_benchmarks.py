@@ -60,3 +60,19 @@ def test_download_resume_sends_no_byte_twice():
     row = next(line for line in out.splitlines() if line.startswith("stirflow.download.fetch"))
     requests, sent = row.split()[1:3]
     assert (int(requests), float(sent)) == (2, 1.0), out  # the cut answer, then the rest with Range
+
+
+def test_paper_cost_prices_a_config_from_its_own_measurements(tmp_path):
+    """At tiny size on the CPU: every stage of the smoke config is measured, priced and written;
+    the table's total is the sum of its stages, and pricing again from the JSON gives the same."""
+    out = run("paper_cost.py", "--config", "configs/smoke.yaml", "--device", "cpu", "--threads", "1",
+              "--reps", "1", "--modes", "fp32", "--variants", "eager", "cuda_graphs", "--out", str(tmp_path))
+    table = json.loads((tmp_path / "paper_cost_table.json").read_text())
+    stages = {row["stage"]: row for row in table["stages"]}
+    assert {"finetune", "invert", "stir_scores", "robustness"} <= set(stages), sorted(stages)
+    assert all(row["gpu_hours"] > 0 for row in stages.values()), stages
+    assert abs(table["total_gpu_hours"] - sum(row["gpu_hours"] for row in table["stages"])) < 1e-9
+    again = run("paper_cost.py", "--config", "configs/smoke.yaml", "--from-json", str(tmp_path / "paper_cost.json"))
+    assert "from measurements" in out and "from measurements" in again
+    first = [line for line in out.splitlines() if line.startswith("| ") or line[:1].isalpha()]
+    assert [line for line in again.splitlines() if line in first], again

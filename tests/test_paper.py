@@ -6,9 +6,11 @@ Nothing is downloaded: ViT-B/32's depth comes from building the model on the met
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import resource
 import subprocess
+import sys
 import time
 
 import pytest
@@ -97,6 +99,12 @@ def test_paper_dag_within_30_seconds(tmp_path, config):
     assert "pretrain" not in jobs  # the timm weights replace the pretraining stage
     assert jobs["robustness"] == 10 and jobs["adversarial"] == 8  # a job per run (classification runs)
     _check_time(wall, cpu)
+    # benchmarks/paper_cost.py prices the jobs it counts from the config: the DAG's GPU stages
+    plan = subprocess.run([sys.executable, str(REPO / "benchmarks" / "paper_cost.py"), "--config", str(PAPER),
+                           "--plan"], capture_output=True, text=True, timeout=120, check=True)
+    priced = json.loads(plan.stdout)["jobs"]
+    assert priced == {rule: jobs[rule] for rule in priced}, (priced, jobs)
+    assert {"finetune", "invert", "stir_scores", "robustness", "adversarial", "corrupt_dataset"} <= set(priced)
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
 
 
