@@ -90,7 +90,7 @@ def make_vit(seed: int, small: bool, device: torch.device, train_steps: int = 0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        print(f"# model {seed}: {train_steps} training steps, last loss {float(loss):.3f}", flush=True)
+        print(f"# model {seed}: {train_steps} training steps, last loss {float(loss.detach()):.3f}", flush=True)
     return prepare_for_inversion(model)
 
 
