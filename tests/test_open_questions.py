@@ -463,6 +463,51 @@ def test_architectures_figure_draws_the_summary(built):
         plt.close(fig)
 
 
+def _with_unconverged(ds, run: str, layer: int):
+    """``ds`` whose convergence check found ``run``'s last scored epoch not converged at ``layer``
+    only (every other (run, epoch, layer) checked and converged)."""
+    from stirflow.plots import _last_scored
+
+    ds = ds.copy()
+    converged = xr.ones_like(ds["learning"])
+    converged.loc[dict(run=run, epoch=_last_scored(ds, run), layer=layer)] = 0
+    ds["converged"] = converged
+    return ds
+
+
+def _open_markers(ax) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for line in ax.get_lines() if line.get_markerfacecolor() in ("white", (1, 1, 1, 1))
+            for x, y in zip(line.get_xdata(), line.get_ydata())]
+
+
+def test_axis_figures_mark_unconverged_measurements(built):
+    import matplotlib.pyplot as plt
+
+    from stirflow.plots import UNCONVERGED_LABEL, axis_architectures, axis_schedule
+
+    ds, _, values = built
+    for figure in (axis_architectures, axis_schedule):  # all checked and converged: no open marker
+        fig = figure(ds, {})
+        assert not any(_open_markers(ax) for ax in fig.axes)
+        assert UNCONVERGED_LABEL not in [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+        plt.close(fig)
+    marked = _with_unconverged(ds, "digits-scratch", 4)
+    fig = axis_architectures(marked, {})
+    try:  # the scratch ViT's layer 4 (relative depth 1.0), learning row and forgetting row
+        assert _open_markers(fig.axes[0]) == [(1.0, pytest.approx(values["digits-scratch"]["learning"][-1][3]))]
+        assert _open_markers(fig.axes[2]) == [(1.0, pytest.approx(values["digits-scratch"]["forgetting"][-1][3]))]
+        assert not _open_markers(fig.axes[1]) and not _open_markers(fig.axes[3])  # the ResNet's column
+        assert UNCONVERGED_LABEL in [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    finally:
+        plt.close(fig)
+    fig = axis_schedule(marked, {})
+    try:  # the scratch line's cosine point (the default run) is open, nothing else
+        (ax,) = _axes_titled(fig, "Forgetting, first half")
+        assert _open_markers(ax) == [(0.0, pytest.approx(early(values, "digits-scratch")))]
+    finally:
+        plt.close(fig)
+
+
 @pytest.mark.parametrize("name", ["axis_train_fraction", "axis_schedule", "axis_adversarial", "axis_architectures"])
 def test_axis_figures_are_legible_and_say_when_not_varied(built, name):
     import matplotlib.pyplot as plt

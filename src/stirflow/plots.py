@@ -626,6 +626,33 @@ def _not_varied(what: str) -> plt.Figure:
     return fig
 
 
+def _unconverged(ds: xr.Dataset, run, layers: Sequence[int] | None = None) -> np.ndarray:
+    """Per layer of ``layers`` (default: all), True where the convergence check found the run's last
+    scored epoch not converged (unchecked layers are False: not known to be unconverged)."""
+    layers = [int(b) for b in ds.layer.values] if layers is None else list(layers)
+    epoch = _last_scored(ds, run)
+    if "converged" not in ds or epoch is None:
+        return np.zeros(len(layers), bool)
+    return ds["converged"].sel(run=run, epoch=epoch, layer=layers).values == 0
+
+
+#: Legend entry of the open markers that the axis figures draw over unconverged measurements
+UNCONVERGED_LABEL = "open marker: not converged (convergence check)"
+
+
+def _mark_unconverged(ax, xs: np.ndarray, ys: np.ndarray, mask: np.ndarray, color) -> bool:
+    """Open markers at the points of ``mask``; whether any was drawn."""
+    if not mask.any():
+        return False
+    ax.plot(np.asarray(xs)[mask], np.asarray(ys)[mask], ls="", marker="o", mfc="white", mec=color, zorder=3,
+            label="_unconverged")
+    return True
+
+
+def _unconverged_handle() -> Line2D:
+    return Line2D([], [], color="0.3", ls="", marker="o", mfc="white", label=UNCONVERGED_LABEL)
+
+
 #: The statistics of a run drawn against an axis: key of stirflow.findings.RUN_STATISTICS, y label
 AXIS_STATISTICS = (("early learning", "Learning, first half\nof the layers"),
                    ("early forgetting", "Forgetting, first half\nof the layers"),
@@ -672,8 +699,10 @@ def _draw_axis(ds: xr.Dataset, axis: str, positions: Mapping[str, float], xlabel
                ticks: Sequence[tuple[float, str]] | None = None, log: bool = False) -> plt.Figure:
     """Early-layer learning, early-layer forgetting and forgetting spread at the last scored epoch
     against ``axis`` (x of each run: ``positions``), a row per (target, task), a line per init and
-    other settings with its 95 % interval (over seeds, else over the STIR images' resamples)."""
+    other settings with its 95 % interval (over seeds, else over the STIR images' resamples); an
+    open marker where a layer of one of the point's runs is not converged at that epoch."""
     panels = _axis_lines(ds, axis, positions)
+    any_unconverged = False
     fig, axes = plt.subplots(len(panels), len(AXIS_STATISTICS), squeeze=False, layout="constrained",
                              figsize=(TEXT_WIDTH * 0.9, 1.9 * len(panels) + 0.7))
     handles = {}
@@ -687,6 +716,8 @@ def _draw_axis(ds: xr.Dataset, axis: str, positions: Mapping[str, float], xlabel
                 xs = np.array([x for x, _ in points])
                 ys = np.array([_condition_interval(ds, runs, statistic) for _, runs in points])
                 ax.plot(xs, ys[:, 0], ls=ls, marker="o", color=color, label=label)
+                mask = np.array([any(_unconverged(ds, r).any() for r in runs) for _, runs in points])
+                any_unconverged |= _mark_unconverged(ax, xs, ys[:, 0], mask, color)
                 if np.isfinite(ys[:, 1]).any():
                     ax.errorbar(xs, ys[:, 0], yerr=[ys[:, 0] - ys[:, 1], ys[:, 2] - ys[:, 0]], fmt="none",
                                 ecolor=color, elinewidth=0.8, capsize=2)
@@ -703,7 +734,8 @@ def _draw_axis(ds: xr.Dataset, axis: str, positions: Mapping[str, float], xlabel
                 ax.set_xlabel(xlabel)
         axes[row, 0].set_ylabel(_group_title(target, task))
     _legend(fig, list(handles.values()) + [Line2D([], [], color="0.3", marker="|", ls="",
-                                                  label="95% interval (seeds, else images)")])
+                                                  label="95% interval (seeds, else images)")]
+            + ([_unconverged_handle()] if any_unconverged else []))
     return fig
 
 
@@ -788,8 +820,9 @@ def axis_adversarial(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure:
 def axis_architectures(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure:
     """Open question 4: learning (top) and forgetting (bottom) at the last scored epoch against
     relative depth (layer / the model's depth), a column per architecture side by side, a line per
-    init (and other settings), the mean over seeds with its 95 % interval over seeds. Where other
-    settings vary too, the runs with the settings every architecture ran are drawn."""
+    init (and other settings), the mean over seeds with its 95 % interval over seeds; an open marker
+    where the layer is not converged (convergence check). Where other settings vary too, the runs
+    with the settings every architecture ran are drawn."""
     if "model" not in ds.coords or len(set(map(str, ds["model"].values))) < 2:
         return _not_varied("the architecture (model)")
     from .findings import _settings_note, architecture_groups, own_layers
@@ -800,6 +833,7 @@ def axis_architectures(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure
 
     by_model = architecture_groups(ds)
     handles = {}
+    any_unconverged = False
     for col, model in enumerate(models):
         groups = by_model[model]
         for row, measure in enumerate(("learning", "forgetting")):
@@ -820,6 +854,8 @@ def axis_architectures(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure
                     f", {target}" if len(_groups(ds)) > 1 else "") + (f" ({_settings_note(tuple(other.items()))})"
                                                                        if other else "")
                 ax.plot(depth, line, ls=ls, marker="o", color=color, label=label)
+                mask = np.any([_unconverged(ds, r, layers) for r in runs], axis=0)
+                any_unconverged |= _mark_unconverged(ax, depth, line, mask, color)
                 if low is not None and np.isfinite(low).any():
                     ax.fill_between(depth, low, high, color=color, alpha=0.2, lw=0)
                 handles.setdefault(label, Line2D([], [], color=color, ls=ls, marker="o", label=label))
@@ -834,7 +870,7 @@ def axis_architectures(ds: xr.Dataset, options: Mapping[str, Any]) -> plt.Figure
                 ax.set_xlabel("relative depth (layer / depth)")
     axes[0, 0].set_ylabel(f"Learning\n{FORMULA['learning']}")
     axes[1, 0].set_ylabel(f"Forgetting\n{FORMULA['forgetting']}")
-    _legend(fig, list(handles.values()))
+    _legend(fig, list(handles.values()) + ([_unconverged_handle()] if any_unconverged else []))
     return fig
 
 
