@@ -74,5 +74,7 @@ def test_paper_cost_prices_a_config_from_its_own_measurements(tmp_path):
     assert abs(table["total_gpu_hours"] - sum(row["gpu_hours"] for row in table["stages"])) < 1e-9
     again = run("paper_cost.py", "--config", "configs/smoke.yaml", "--from-json", str(tmp_path / "paper_cost.json"))
     assert "from measurements" in out and "from measurements" in again
-    first = [line for line in out.splitlines() if line.startswith("| ") or line[:1].isalpha()]
-    assert [line for line in again.splitlines() if line in first], again
+    def stage_rows(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.split()[:1] and line.split()[0] in {*stages, "total"}]
+
+    assert len(stage_rows(out)) == len(stages) + 1 and stage_rows(again) == stage_rows(out), again
