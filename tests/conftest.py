@@ -129,6 +129,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path.name not in WAITING_FIRST)  # stable: the order within a file stays
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``--dist loadfile``, the waiting files are one work unit: one worker waits for SLURM
+    while the other computes (as two units, both workers waited for the first three minutes)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class WaitingTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            scope = super()._split_scope(nodeid)
+            return "waiting for SLURM" if Path(scope).name in WAITING_FIRST else scope
+
+    return WaitingTogether(config, log)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tests of tiny tensors run torch on one thread: a second intra-op thread gains nothing, and on a
