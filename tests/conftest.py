@@ -125,8 +125,14 @@ def expected_jobs(config: dict) -> dict[str, int]:
 WAITING_FIRST = ("test_slurm_pipeline.py", "test_slurm_cluster.py")
 
 
+#: Then a file that asks for the shared smoke run first: the other worker starts computing it at once
+#: (about three minutes on two cores), so that the tests waiting for it are not all left to the end.
+SMOKE_FIRST = ("test_pipeline.py",)
+
+
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name not in WAITING_FIRST)  # stable: the order within a file stays
+    # stable: the order within a file stays
+    items.sort(key=lambda item: (item.path.name not in WAITING_FIRST, item.path.name not in SMOKE_FIRST))
 
 
 def pytest_xdist_make_scheduler(config, log):
