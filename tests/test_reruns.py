@@ -337,6 +337,20 @@ def test_behaviour_source_ignores_comments_and_docstrings(tmp_path):
     assert behaviour_source(a) != behaviour_source(c)
 
 
+def test_a_file_edited_in_place_is_analysed_again(tmp_path):
+    """What is derived from a file is cached for building the DAG: an edit within the same second and
+    to the same length (a digit) must still be seen, and so must a new stirflow import."""
+    module = tmp_path / "m.py"
+    module.write_text("X = 1\n")
+    before, imports = behaviour_source(module), script_modules(module)
+    module.write_text("X = 2\n")
+    assert behaviour_source(module) != before
+    module.write_text("from stirflow import cka\nX = 1\n")
+    assert imports == set() and script_modules(module) == {"cka"}
+    module.write_text("X = 1\n")
+    assert behaviour_source(module) == before
+
+
 def copy_workflow(dst: Path) -> Path:
     """A copy of the workflow and its library, to edit a module without touching the real one."""
     dst.mkdir()
