@@ -37,6 +37,7 @@ from-scratch run, a single run, no reconstruction run) and why.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Sequence
 
@@ -266,14 +267,15 @@ def _early_difference(ds: xr.Dataset, points, limit: int, *, bootstrap: int, see
     """r(epochs 1..limit) − r(all epochs), pooled, with a bootstrap over runs (3 or more runs)."""
     epochs = [int(e) for e in ds.epoch.values if e >= 1]
 
+    @functools.cache  # a run's points are read once, not once per bootstrap resample
+    def run_points(run, up_to):
+        sub = ds.sel(run=run, epoch=[e for e in epochs if e <= up_to])
+        x, y = sub["forgetting_spread"].values, sub["robustness_oriented"].values
+        ok = np.isfinite(x) & np.isfinite(y)
+        return x[ok], y[ok]
+
     def pooled(selection, up_to):
-        xs, ys = [], []
-        for k in selection:
-            run = points[k][0]
-            sub = ds.sel(run=run, epoch=[e for e in epochs if e <= up_to])
-            x, y = sub["forgetting_spread"].values, sub["robustness_oriented"].values
-            ok = np.isfinite(x) & np.isfinite(y)
-            xs.append(x[ok]), ys.append(y[ok])
+        xs, ys = zip(*(run_points(points[k][0], up_to) for k in selection))
         x, y = np.concatenate(xs), np.concatenate(ys)
         return float(pearson(x, y)) if x.size >= 3 else np.nan
 
