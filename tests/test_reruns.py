@@ -324,6 +324,10 @@ def test_script_modules_follow_imports_through_the_library():
     assert script_modules(scripts / "figures.py") == script_modules(scripts / "aggregate.py") | {"plots"}
     assert {"findings", "analysis", "statistics", "catalog"} <= script_modules(scripts / "aggregate.py")
     assert script_modules(scripts / "invert.py") == {"inversion", "models", "checkpoints", "data", "files"}
+    # scoring loads models through stirflow.loading, not the command line (whose figures and tables
+    # would make every score depend on plots, analysis and findings)
+    assert script_modules(scripts / "stir_scores.py") == {"comparison", "invariance", "cka", "inversion", "loading",
+                                                          "models", "checkpoints", "data", "files"}
     assert "corruptions" in script_modules(scripts / "robustness.py")  # through robustness.make_corrupted_set
     assert not script_modules(scripts / "figures.py") & UNTRACKED_MODULES
 

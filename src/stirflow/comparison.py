@@ -45,7 +45,7 @@ def _resolve_model(model, name: str) -> torch.nn.Module:
     """A model object as given, or one loaded from a stirflow checkpoint path or a timm model name."""
     if isinstance(model, torch.nn.Module):
         return model
-    from .cli import load_model
+    from .loading import load_model
 
     loaded, _ = load_model(str(model), None, None, torch.device("cpu"), f"model_{name}")
     return loaded
@@ -54,7 +54,7 @@ def _resolve_model(model, name: str) -> torch.nn.Module:
 def _resolve_images(images, n_images: int | None, image_seed: int, size: int) -> tuple[torch.Tensor, np.ndarray]:
     if isinstance(images, torch.Tensor):
         return images, np.arange(len(images))
-    from .cli import load_images
+    from .loading import load_images
 
     x, index, _ = load_images(str(images), n_images, image_seed, size)
     return x, index
