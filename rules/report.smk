@@ -7,7 +7,7 @@ rule aggregate:
     input:
         stir=[f"{RES}/runs/{r}/stir/epoch_{e:03d}.nc" for r in RUNS for e in STIR_EPOCHS],
         convergence=[f"{RES}/runs/{r}/convergence/epoch_{e:03d}.nc" for r, e in CHECK_SAMPLE],
-        robustness=[f"{RES}/runs/{r}/robustness/epoch_{e:03d}.h5" for r in RUNS for e in EPOCHS],
+        robustness=[f"{RES}/runs/{r}/robustness/epoch_{e:03d}.h5" for r in RUNS for e in ROBUSTNESS_EPOCHS],
         histories=[f"{RES}/runs/{r}/history.json" for r in RUNS],
         adversarial=[f"{RES}/runs/{r}/adversarial.h5" for r in ADVERSARIAL_RUNS],
     output:
@@ -67,6 +67,7 @@ rule figures:
         f"{RES}/logs/figures/figures.log",
     benchmark:
         f"{RES}/benchmarks/figures/figures.tsv"
+    threads: 2  # figures drawn side by side (the last job: nothing else runs then)
     resources:
         mem_mb=4000,
         runtime=30,

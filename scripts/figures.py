@@ -15,7 +15,7 @@ def main(sm):
     except (OSError, ValueError) as err:  # h5py's message for a truncated file does not name it
         raise OSError(f"{sm.input.summary}: cannot read the summary ({err})") from err
     names = list(dict.fromkeys(Path(p).stem for p in sm.output))  # the config's figures (common.smk: FIGURE_NAMES)
-    for path in draw_all(ds, Path(sm.output[0]).parent, sm.params.figures, names):
+    for path in draw_all(ds, Path(sm.output[0]).parent, sm.params.figures, names, processes=sm.threads):
         log.info("wrote %s", path)
 
 

@@ -150,6 +150,16 @@ def test_same_summary_same_files(summary, tmp_path, monkeypatch):
         assert a.read_bytes() == b.read_bytes(), a.name
 
 
+def test_figures_drawn_in_processes_are_the_same_files(summary, tmp_path):
+    names = ["training_curves", "flow_matrices", "learning_forgetting"]
+    options = {"formats": ["png", "pdf"], "dpi": 60}
+    serial = draw_all(summary, tmp_path / "serial", options, names)
+    forked = draw_all(summary, tmp_path / "forked", options, names, processes=2)
+    assert [p.name for p in forked] == [p.name for p in serial] and len(serial) == 2 * len(names)
+    for a, b in zip(serial, forked):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
 def test_figures_without_correlation_table_or_reference(tmp_path):
     """A Dataset straight from aggregate (no correlations, no relative error), one run: still drawn."""
     from stirflow.analysis import aggregate

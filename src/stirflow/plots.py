@@ -585,11 +585,15 @@ def robustness_per_corruption(ds: xr.Dataset, options: Mapping[str, Any]) -> plt
         top, bottom = axes[2 * (k // ncols), k % ncols], axes[2 * (k // ncols) + 1, k % ncols]
         sub = ds.sel(run=run)
         task = _run_attr(ds, run, "task")
-        for c in corruptions:
-            top.plot(ds.epoch, sub["corrupted_score"].sel(corruption=c).mean("severity"), color=colors[c], lw=1)
-        top.plot(ds.epoch, sub["clean_score"], color="black", lw=1.8)
-        top.plot(ds.epoch, sub["robustness"], color="black", lw=1.4, ls="--")
+        # only the scored checkpoints (robustness.epochs may leave some out), marked where they are few
         valid = [int(e) for e in ds.epoch.values if np.isfinite(sub["corrupted_score"].sel(epoch=e).values).any()]
+        scored = sub.sel(epoch=valid)
+        marker = "o" if len(valid) < len(ds.epoch) else None
+        for c in corruptions:
+            top.plot(valid, scored["corrupted_score"].sel(corruption=c).mean("severity"), color=colors[c], lw=1,
+                     marker=marker, ms=2)
+        top.plot(valid, scored["clean_score"], color="black", lw=1.8, marker=marker, ms=2.5)
+        top.plot(valid, scored["robustness"], color="black", lw=1.4, ls="--", marker=marker, ms=2.5)
         last = valid[-1] if valid else int(ds.epoch.values[-1])
         for c in corruptions:
             bottom.plot(ds.severity, sub["corrupted_score"].sel(corruption=c, epoch=last), color=colors[c],
@@ -883,23 +887,37 @@ _METADATA = {"pdf": {"Creator": "stirflow", "CreationDate": None}, "svg": {"Date
 
 
 def draw_all(ds: xr.Dataset, directory: str | Path, options: Mapping[str, Any],
-             names: Sequence[str] | None = None) -> list[Path]:
+             names: Sequence[str] | None = None, processes: int = 1) -> list[Path]:
     """Draw every figure of :data:`FIGURES` (or those in ``names``) into ``directory`` in each of
-    ``options["formats"]`` (PNG at ``options["dpi"]``; PDF and SVG as vector graphics)."""
+    ``options["formats"]`` (PNG at ``options["dpi"]``; PDF and SVG as vector graphics).
+
+    ``processes`` > 1 draws the figures in that many forked processes (layout and rendering are
+    single-threaded: the figures of a large summary take a minute in one); the files are the same.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    chosen = [name for name in FIGURES if names is None or name in names]
+    if processes > 1 and len(chosen) > 1:
+        import multiprocessing
+
+        # forked: the workers inherit ds and the loaded modules instead of unpickling and importing them
+        with multiprocessing.get_context("fork").Pool(min(processes, len(chosen))) as pool:
+            parts = pool.map(functools.partial(_draw_one, ds, directory, options), chosen, chunksize=1)
+        return [path for part in parts for path in part]
+    return [path for name in chosen for path in _draw_one(ds, directory, options, name)]
+
+
+def _draw_one(ds: xr.Dataset, directory: Path, options: Mapping[str, Any], name: str) -> list[Path]:
+    """Draw figure ``name`` and save it in each of ``options["formats"]``: the paths written."""
+    fig = FIGURES[name](ds, options)
     written = []
-    for name, draw in FIGURES.items():
-        if names is not None and name not in names:
-            continue
-        fig = draw(ds, options)
-        try:
-            for ext in options.get("formats", ["png", "pdf"]):
-                path = directory / f"{name}.{ext}"
-                with plt.rc_context(STYLE):
-                    fig.savefig(path, dpi=options.get("dpi", 150), bbox_inches="tight", pad_inches=0.03,
-                                metadata=_METADATA.get(ext))
-                written.append(path)
-        finally:
-            plt.close(fig)
+    try:
+        for ext in options.get("formats", ["png", "pdf"]):
+            path = directory / f"{name}.{ext}"
+            with plt.rc_context(STYLE):
+                fig.savefig(path, dpi=options.get("dpi", 150), bbox_inches="tight", pad_inches=0.03,
+                            metadata=_METADATA.get(ext))
+            written.append(path)
+    finally:
+        plt.close(fig)
     return written
