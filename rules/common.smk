@@ -14,6 +14,7 @@ from stirflow.config import (
     convergence_blocks,
     convergence_sample,
     convergence_steps,
+    evaluated_epochs,
     expand_runs,
     figure_names,
     model_layers,
@@ -42,6 +43,8 @@ RUN_CONFIGS = {run["name"]: run for run in expand_runs(config)}  # runs × grid 
 RUNS = list(RUN_CONFIGS)
 EPOCHS = list(range(config["finetune"]["epochs"] + 1))
 STIR_EPOCHS = stir_epochs(config)
+ROBUSTNESS_EPOCHS = evaluated_epochs(config, "robustness")
+ADVERSARIAL_EPOCHS = evaluated_epochs(config, "adversarial")
 # Each run has its model's layers (blocks of a ViT, stages of other models): STIR scores its own.
 MODEL_LAYERS = {m: model_layers(config, m) for m in models_in_use(config)}
 RUN_BLOCKS = {r: run_blocks(config, RUN_CONFIGS[r]) for r in RUNS}

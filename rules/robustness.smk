@@ -4,8 +4,10 @@
 # A group's outputs are its checkpoints' files, so a rule is made per group of epochs: `robustness`
 # when a run's checkpoints form one group, else `robustness_<first>_<last>`.
 
-_per_job = config["robustness"]["checkpoints_per_job"] or len(EPOCHS)
-ROBUSTNESS_GROUPS = [EPOCHS[i : i + _per_job] for i in range(0, len(EPOCHS), _per_job)]
+# robustness.epochs chooses the checkpoints ("stir": those scored with STIR).
+
+_per_job = config["robustness"]["checkpoints_per_job"] or len(ROBUSTNESS_EPOCHS)
+ROBUSTNESS_GROUPS = [ROBUSTNESS_EPOCHS[i : i + _per_job] for i in range(0, len(ROBUSTNESS_EPOCHS), _per_job)]
 
 
 for _epochs in ROBUSTNESS_GROUPS:
@@ -36,7 +38,8 @@ for _epochs in ROBUSTNESS_GROUPS:
             "../scripts/robustness.py"
 
 
-# Adversarial robustness: PGD accuracy of every checkpoint of a classification run, one job per run.
+# Adversarial robustness: PGD accuracy of a classification run's checkpoints (adversarial.epochs),
+# one job per run.
 ADVERSARIAL_RUNS = (
     [r for r in RUNS if RUN_CONFIGS[r]["task"] == "classification"] if config["adversarial"]["enabled"] else []
 )
@@ -44,13 +47,13 @@ ADVERSARIAL_RUNS = (
 
 rule adversarial:
     input:
-        checkpoints=lambda w: [checkpoint_path(w.run, e) for e in EPOCHS],
+        checkpoints=lambda w: [checkpoint_path(w.run, e) for e in ADVERSARIAL_EPOCHS],
         images=lambda w: dataset_files(run_target(w.run), "test"),
     output:
         f"{RES}/runs/{{run}}/adversarial.h5",
     params:
-        adversarial={k: v for k, v in config["adversarial"].items() if k != "enabled"},
-        epochs=EPOCHS,
+        adversarial={k: v for k, v in config["adversarial"].items() if k not in ("enabled", "epochs")},
+        epochs=ADVERSARIAL_EPOCHS,
         device=config["compute"]["device"],
         code=code("adversarial"),
     log:

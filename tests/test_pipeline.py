@@ -74,7 +74,9 @@ def test_bad_config_is_refused_naming_the_key(tmp_path):
                          ({"finetune": {"optimizer": {"lr": -1}}}, "finetune.optimizer.lr"),
                          ({"stir": {"blocks": [1, 9]}}, "stir.blocks"),
                          ({"model": {"timm_name": "no_such_vit"}}, "model.timm_name"),
-                         ({"robustness": {"corruptions": ["fog", "sparkles"]}}, "robustness.corruptions")):
+                         ({"robustness": {"corruptions": ["fog", "sparkles"]}}, "robustness.corruptions"),
+                         ({"robustness": {"epochs": [1, 7]}}, "robustness.epochs"),
+                         ({"adversarial": {"epochs": "last"}}, "adversarial.epochs")):
         # in-process: the validation the Snakefile runs first (test_faults runs it through Snakemake)
         with pytest.raises(ConfigError) as err:
             load_config(write_config(tmp_path / "bad.yaml", **changes))

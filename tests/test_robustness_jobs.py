@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from stirflow.config import load_config, run_config, run_names
+from stirflow.config import evaluated_epochs, load_config, run_config, run_names, stir_epochs
 
 from conftest import SMOKE_CONFIG, jobs_by_rule, snakemake, write_config
 
@@ -53,6 +53,40 @@ def test_grouping_checkpoints_changes_no_result(smoke_copy, smoke_run, tmp_path)
                 np.testing.assert_array_equal(grouped[name][()], single[name][()], err_msg=f"{target}: {name}")
     logs = {p.name for p in (smoke_copy / "results" / "logs" / "robustness" / run).iterdir()}
     assert {f"epochs_{a:03d}-{b:03d}.log" for a, b in groups} <= logs
+
+
+def test_evaluated_epochs_follow_the_selection(tmp_path):
+    config = load_config(write_config(tmp_path / "c.yaml", finetune={"epochs": 6}, stir={"epochs": [2]},
+                                      robustness={"epochs": "stir"}, adversarial={"epochs": {"first": 2, "every": 3}}))
+    assert evaluated_epochs(config, "robustness") == stir_epochs(config) == [0, 2, 6]
+    assert evaluated_epochs(config, "adversarial") == [0, 1, 3, 6]
+    config = load_config(write_config(tmp_path / "c.yaml", finetune={"epochs": 6}, robustness={"epochs": [4]}))
+    assert evaluated_epochs(config, "robustness") == [0, 4, 6]  # 0 and the last always
+    assert evaluated_epochs(config, "adversarial") == list(range(7))  # the default: all
+
+
+@pytest.mark.slow
+def test_checkpoints_left_out_of_robustness_are_missing_values(smoke_copy, smoke_run, tmp_path):
+    """robustness.epochs and adversarial.epochs "stir": only the STIR epochs' checkpoints are scored
+    (the smoke config scores epochs 0 and 2 of 0..2); summary.nc has NaN at epoch 1 and the one-job
+    run's values elsewhere, and the findings table is still written."""
+    config = write_config(tmp_path / "stir_epochs.yaml", robustness={"epochs": "stir"}, adversarial={"epochs": "stir"})
+    runs, epochs = run_names(load_config(config)), stir_epochs(load_config(config))
+    assert epochs == [0, 2]
+    attacked = [r for r in runs if run_config(load_config(config), r)["task"] == "classification"]
+    dry = snakemake(smoke_copy, "-n", "results/summary.nc", configfile=config)
+    assert jobs_by_rule(dry.stdout) == {"robustness": len(runs), "adversarial": len(attacked), "aggregate": 1}
+    snakemake(smoke_copy, "--cores", "2", "results/summary.nc", configfile=config)
+    for run in runs:
+        text = next((smoke_copy / "results" / "logs" / "robustness" / run).glob("epochs_000-002.log")).read_text()
+        assert "epoch 0:" in text and "epoch 2:" in text and "epoch 1:" not in text, run
+    new, old = summary(smoke_copy), summary(smoke_run)
+    for name in ("clean_score", "robustness", "adversarial_accuracy"):
+        assert np.isnan(new[name].sel(epoch=1).values).all(), name
+        np.testing.assert_array_equal(new[name].sel(epoch=epochs).values, old[name].sel(epoch=epochs).values)
+    assert np.isfinite(old["clean_score"].sel(epoch=1).values).all()
+    assert (smoke_copy / "results" / "tables" / "findings.csv").stat().st_mtime > \
+        (smoke_run / "results" / "tables" / "findings.csv").stat().st_mtime
 
 
 @pytest.mark.slow

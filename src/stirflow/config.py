@@ -35,6 +35,7 @@ __all__ = [
     "run_training",
     "expand_runs",
     "stir_epochs",
+    "evaluated_epochs",
     "stir_blocks",
     "model_depth",
     "model_layers",
@@ -311,11 +312,12 @@ def _check_references(config: dict[str, Any], problems: list[str] | None = None,
         if config["stir"]["representation"] == "cls" and not found["class_token"]:
             problems.append(f"stir.representation: 'cls' needs a model with a class token; {found['model']} "
                             f"({owner}) has none (use tokens or mean)")
-    epochs = config["stir"]["epochs"]
-    if isinstance(epochs, list):
-        bad = [e for e in epochs if e > config["finetune"]["epochs"]]
-        if bad:
-            problems.append(f"stir.epochs: {bad} beyond finetune.epochs = {config['finetune']['epochs']}")
+    for section in ("stir", "robustness", "adversarial"):
+        epochs = config[section]["epochs"]
+        if isinstance(epochs, list):
+            bad = [e for e in epochs if e > config["finetune"]["epochs"]]
+            if bad:
+                problems.append(f"{section}.epochs: {bad} beyond finetune.epochs = {config['finetune']['epochs']}")
     bad = [c for c in config["robustness"]["corruptions"] if c not in CORRUPTIONS]
     if bad:
         problems.append(f"robustness.corruptions: unknown {bad} (known: {', '.join(CORRUPTIONS)})")
@@ -810,10 +812,8 @@ def run_blocks(config: Mapping[str, Any], run: Mapping[str, Any]) -> list[int]:
     return stir_blocks(config, run["model"])
 
 
-def stir_epochs(config: Mapping[str, Any]) -> list[int]:
-    """Epochs scored with STIR: always including 0 (the reference) and the last epoch."""
-    last = int(config["finetune"]["epochs"])
-    sel = config["stir"]["epochs"]
+def _selected_epochs(sel: str | list | Mapping[str, int], last: int) -> list[int]:
+    """An epochs selection ("all", a list, or {first, every}) over 0..last, always with 0 and last."""
     if sel == "all":
         chosen = set(range(last + 1))
     elif isinstance(sel, list):
@@ -821,6 +821,18 @@ def stir_epochs(config: Mapping[str, Any]) -> list[int]:
     else:
         chosen = set(range(min(sel["first"], last + 1))) | set(range(0, last + 1, sel["every"]))
     return sorted(chosen | {0, last})
+
+
+def stir_epochs(config: Mapping[str, Any]) -> list[int]:
+    """Epochs scored with STIR: always including 0 (the reference) and the last epoch."""
+    return _selected_epochs(config["stir"]["epochs"], int(config["finetune"]["epochs"]))
+
+
+def evaluated_epochs(config: Mapping[str, Any], section: str) -> list[int]:
+    """Epochs whose checkpoints the ``robustness`` or ``adversarial`` section scores: its
+    ``epochs`` selection, where "stir" means the epochs scored with STIR (:func:`stir_epochs`)."""
+    sel = config[section]["epochs"]
+    return stir_epochs(config) if sel == "stir" else _selected_epochs(sel, int(config["finetune"]["epochs"]))
 
 
 def uses_pretrained_init(config: Mapping[str, Any]) -> bool:
